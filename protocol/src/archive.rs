@@ -148,6 +148,51 @@ impl StreamDigest {
     }
 }
 
+/// A `Write` that hands full chunks to the async side through a bounded channel.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let room = crate::DATA_CHUNK - self.buf.len();
+        let n = room.min(b.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() == crate::DATA_CHUNK {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "archive receiver went away"))
+    }
+}
+
+/// Packs `path` on a blocking thread, yielding chunks of at most DATA_CHUNK
+/// bytes; the task returns the stream's size and hex SHA-256.
+#[allow(clippy::type_complexity)]
+pub fn pack_to_channel(
+    path: std::path::PathBuf,
+) -> (tokio::sync::mpsc::Receiver<bytes::Bytes>, tokio::task::JoinHandle<io::Result<(u64, String)>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::task::spawn_blocking(move || {
+        let w = HashingWriter::new(ChunkSender { tx, buf: Vec::with_capacity(crate::DATA_CHUNK) });
+        let w = pack(&path, w)?;
+        let (mut inner, size, sha) = w.finish();
+        inner.flush()?;
+        Ok((size, sha))
+    });
+    (rx, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

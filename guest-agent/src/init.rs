@@ -1,0 +1,187 @@
+//! PID 1 duties in the VM: mount the pseudo filesystems, load the kernel
+//! modules the image lists (in the given order, which is dependency order),
+//! set the hostname, bring up loopback, and power off. PID 1 never returns
+//! and never exits: every failure ends in `power_off`.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// File in the initramfs listing module paths to load, one per line.
+pub const MODULES_FILE: &str = "/etc/cordon/modules";
+
+/// Settings read from the kernel command line (`cordon.*=`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BootParams {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub modules: Vec<String>,
+    pub hostname: Option<String>,
+    /// `cordon.halt=reboot`: end with a reboot (QEMU `-no-reboot` exits) rather
+    /// than an ACPI power-off, for machines without ACPI.
+    pub reboot_to_halt: bool,
+}
+
+pub fn parse_cmdline(cmdline: &str) -> BootParams {
+    let mut p = BootParams::default();
+    for word in cmdline.split_whitespace() {
+        let Some((k, v)) = word.split_once('=') else { continue };
+        match k {
+            "cordon.listen" => p.listen = Some(v.to_string()),
+            "cordon.token" => p.token = Some(v.to_string()),
+            "cordon.modules" => p.modules = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            "cordon.hostname" => p.hostname = Some(v.to_string()),
+            "cordon.halt" => p.reboot_to_halt = v == "reboot",
+            _ => {}
+        }
+    }
+    p
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
+    // SAFETY: all pointers are valid NUL-terminated strings.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            tracing::warn!(target, fstype, error = %e, "mount failed");
+        }
+    }
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("static mount strings have no NUL")
+}
+
+/// Mounts what a build step expects to find.
+pub fn mount_all() {
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    mount("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, "");
+    mount("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, "");
+    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+    if !Path::new("/dev/ptmx").exists() {
+        let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    }
+    mount("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777");
+    mount("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777");
+    mount("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755");
+    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | libc::MS_NOEXEC, "");
+    // Lets per-exec cgroups report OOM kills; failure only loses that report.
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
+    for (src, dst) in [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"), ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr")] {
+        let _ = std::os::unix::fs::symlink(src, dst);
+    }
+}
+
+/// Loads modules in order; one that is already loaded or built in is fine.
+pub fn load_modules(list: &[String]) {
+    for m in list {
+        let path = if m.starts_with('/') { m.clone() } else { format!("/lib/modules/{}/{m}", kernel_release()) };
+        match load_module(&path) {
+            Ok(()) => tracing::debug!(module = %path, "loaded"),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => tracing::warn!(module = %path, error = %e, "loading module failed"),
+        }
+    }
+}
+
+fn load_module(path: &str) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    let params = cstr("");
+    // SAFETY: finit_module with an open fd and an empty parameter string.
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Module list from the command line, else from the initramfs file.
+pub fn module_list(params: &BootParams) -> Vec<String> {
+    if !params.modules.is_empty() {
+        return params.modules.clone();
+    }
+    std::fs::read_to_string(MODULES_FILE)
+        .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn kernel_release() -> String {
+    // SAFETY: zeroed utsname is a valid out-parameter.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::uname(&mut u) };
+    // SAFETY: uname NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+pub fn set_hostname(name: &str) {
+    // SAFETY: valid buffer and length.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "sethostname failed");
+    }
+}
+
+/// Sets IFF_UP on `lo`.
+pub fn loopback_up() {
+    // SAFETY: plain socket and ioctl calls on a local ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            tracing::warn!("no socket for loopback setup");
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "bringing up lo failed");
+            }
+        }
+        libc::close(s);
+    }
+}
+
+/// Seconds since kernel start, from /proc/uptime.
+pub fn uptime_ms() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
+}
+
+/// Syncs and ends the VM. Never returns.
+pub fn power_off(reboot: bool) -> ! {
+    // SAFETY: sync and reboot take no pointers.
+    unsafe {
+        libc::sync();
+        libc::kill(-1, libc::SIGKILL);
+        libc::sync();
+        libc::reboot(if reboot { libc::RB_AUTOBOOT } else { libc::RB_POWER_OFF });
+    }
+    // reboot failed (not PID 1 or no privilege): PID 1 must still not exit.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_cmdline_table() {
+        let p = parse_cmdline("console=ttyS0 quiet cordon.listen=vsock:1024 cordon.token=abc cordon.modules=a.ko,b/c.ko, cordon.halt=reboot");
+        assert_eq!(p.listen.as_deref(), Some("vsock:1024"));
+        assert_eq!(p.token.as_deref(), Some("abc"));
+        assert_eq!(p.modules, vec!["a.ko".to_string(), "b/c.ko".to_string()]);
+        assert!(p.reboot_to_halt);
+        assert_eq!(parse_cmdline(""), BootParams::default());
+        assert_eq!(parse_cmdline("cordon.listen cordon.token="), BootParams { token: Some(String::new()), ..Default::default() });
+    }
+}

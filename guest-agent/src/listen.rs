@@ -1,0 +1,157 @@
+//! Where the agent serves: AF_VSOCK, a named virtio-serial port, a Unix
+//! socket, or an inherited connected fd (namespace mode and tests).
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fdio::FdIo;
+use crate::server::{serve, Agent, Outcome};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Vsock(u32),
+    Serial(String),
+    Unix(PathBuf),
+    Fd(i32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("bad listen address {0:?}: expected vsock:PORT, serial:NAME, unix:PATH or fd:N")]
+    Parse(String),
+    #[error("binding {what} failed")]
+    Bind {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("virtio-serial port named {0:?} not found under /sys/class/virtio-ports")]
+    NoSerialPort(String),
+    #[error("opening {path} failed")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl std::str::FromStr for Listen {
+    type Err = ListenError;
+
+    fn from_str(s: &str) -> Result<Listen, ListenError> {
+        let bad = || ListenError::Parse(s.to_string());
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        match kind {
+            "vsock" => rest.parse().map(Listen::Vsock).map_err(|_| bad()),
+            "serial" if !rest.is_empty() && !rest.contains('/') => Ok(Listen::Serial(rest.to_string())),
+            "unix" if !rest.is_empty() => Ok(Listen::Unix(PathBuf::from(rest))),
+            "fd" => match rest.parse::<i32>() {
+                Ok(n) if n >= 0 => Ok(Listen::Fd(n)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Serves until a connection asks for Shutdown (or, for `fd:`, until its one
+/// connection ends). Returns the last outcome.
+pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenError> {
+    match listen {
+        Listen::Fd(n) => {
+            // SAFETY: the parent handed us fd n for exclusive use.
+            let fd = unsafe { OwnedFd::from_raw_fd(n) };
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true).map_err(|source| ListenError::Open { path: format!("fd:{n}"), source })?;
+            let s = tokio::net::UnixStream::from_std(std)
+                .map_err(|source| ListenError::Open { path: format!("fd:{n}"), source })?;
+            Ok(serve(agent, s).await)
+        }
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(&path);
+            let l = tokio::net::UnixListener::bind(&path)
+                .map_err(|source| ListenError::Bind { what: path.display().to_string(), source })?;
+            loop {
+                let Ok((s, _)) = l.accept().await else { continue };
+                if serve(agent.clone(), s).await == Outcome::Shutdown {
+                    return Ok(Outcome::Shutdown);
+                }
+            }
+        }
+        Listen::Vsock(port) => {
+            let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+            let l = tokio_vsock::VsockListener::bind(addr)
+                .map_err(|source| ListenError::Bind { what: format!("vsock port {port}"), source })?;
+            loop {
+                let s = match l.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "vsock accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if serve(agent.clone(), s).await == Outcome::Shutdown {
+                    return Ok(Outcome::Shutdown);
+                }
+            }
+        }
+        Listen::Serial(name) => {
+            let dev = find_serial_port(&name).await?;
+            loop {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&dev)
+                    .map_err(|source| ListenError::Open { path: dev.display().to_string(), source })?;
+                let io = FdIo::new(OwnedFd::from(f))
+                    .map_err(|source| ListenError::Open { path: dev.display().to_string(), source })?;
+                if serve(agent.clone(), io).await == Outcome::Shutdown {
+                    return Ok(Outcome::Shutdown);
+                }
+                // The host side went away; wait for it to come back.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Finds /dev/vportNpM whose sysfs name is `name`, waiting briefly for the
+/// driver to create it.
+async fn find_serial_port(name: &str) -> Result<PathBuf, ListenError> {
+    for _ in 0..100 {
+        if let Ok(dir) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for e in dir.flatten() {
+                let n = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if n.trim() == name {
+                    return Ok(PathBuf::from("/dev").join(e.file_name()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ListenError::NoSerialPort(name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_listen_parse_table() {
+        let good = [
+            ("vsock:1024", Listen::Vsock(1024)),
+            ("serial:org.cordon.agent", Listen::Serial("org.cordon.agent".into())),
+            ("unix:/run/a.sock", Listen::Unix("/run/a.sock".into())),
+            ("fd:3", Listen::Fd(3)),
+        ];
+        for (s, want) in good {
+            assert_eq!(s.parse::<Listen>().unwrap(), want, "{s}");
+        }
+        for bad in ["", "vsock", "vsock:x", "vsock:-1", "fd:-3", "serial:", "serial:a/b", "tcp:1", "unix:"] {
+            assert!(bad.parse::<Listen>().is_err(), "{bad}");
+        }
+    }
+}

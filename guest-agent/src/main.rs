@@ -1,0 +1,140 @@
+//! cordon-agent: runs build and test steps for the cordon runner. As PID 1 in
+//! the microVM it also sets the machine up and powers it off; elsewhere it is
+//! a plain server. Configuration comes from flags, or as PID 1 from the
+//! kernel command line (`cordon.listen=`, `cordon.token=`, `cordon.modules=`).
+
+mod exec;
+mod fdio;
+mod init;
+mod listen;
+mod outbox;
+mod reaper;
+mod server;
+mod transfer;
+mod tree;
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::listen::Listen;
+
+#[derive(Parser, Debug)]
+#[command(name = "cordon-agent", version, about = "cordon's guest agent (normally started by cordon, not by hand)")]
+struct Args {
+    /// Where to serve: vsock:PORT, serial:NAME (a virtio-serial port name),
+    /// unix:PATH, or fd:N (an inherited connected socket; serves it once)
+    #[arg(long)]
+    listen: Option<Listen>,
+    /// The per-sandbox token the runner must present in Hello
+    #[arg(long, env = "CORDON_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Directory for spooling incoming archives (default: the system temp dir)
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// A writable cgroup v2 directory under which each exec gets its own cgroup
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+}
+
+fn main() {
+    let t0 = Instant::now();
+    let pid1 = std::process::id() == 1;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORDON_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if pid1 {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("cordon-agent: panic as PID 1: {info}");
+            init::power_off(false);
+        }));
+        pid1_main(t0);
+    }
+    let args = Args::parse();
+    let Some(listen) = args.listen.clone() else {
+        eprintln!("cordon-agent: --listen is required outside the VM");
+        std::process::exit(2);
+    };
+    // Orphans of an exec's tree come back to us, so they are reaped and killable.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let cgroups = args.cgroup_root.as_deref().and_then(tree::CgroupRoot::probe);
+    let code = match serve(listen, args.token.unwrap_or_default(), args.spool_dir, cgroups, None, t0) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("cordon-agent: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn pid1_main(t0: Instant) -> ! {
+    init::mount_all();
+    let kernel_ms = init::uptime_ms().map(|u| u.saturating_sub(t0.elapsed().as_millis() as u64));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = init::parse_cmdline(&cmdline);
+    init::load_modules(&init::module_list(&params));
+    init::set_hostname(params.hostname.as_deref().unwrap_or("cordon"));
+    init::loopback_up();
+    let listen = match params.listen.as_deref().unwrap_or("vsock:1024").parse::<Listen>() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cordon-agent: {e}");
+            init::power_off(params.reboot_to_halt);
+        }
+    };
+    let cgroups = tree::CgroupRoot::probe(std::path::Path::new("/sys/fs/cgroup"));
+    let token = params.token.clone().unwrap_or_default();
+    if let Err(e) = serve(listen, token, Some("/tmp".into()), cgroups, kernel_ms, t0) {
+        eprintln!("cordon-agent: {e}");
+    }
+    init::power_off(params.reboot_to_halt)
+}
+
+fn serve(
+    listen: Listen,
+    token: String,
+    spool_dir: Option<PathBuf>,
+    cgroups: Option<tree::CgroupRoot>,
+    kernel_boot_ms: Option<u64>,
+    t0: Instant,
+) -> Result<server::Outcome, listen::ListenError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    rt.block_on(async move {
+        let reaper = reaper::Reaper::start();
+        let mut capabilities = vec!["exec", "pty", "archive", "signal"];
+        if cgroups.is_some() {
+            capabilities.push("cgroup");
+        }
+        let agent = Arc::new(server::Agent {
+            exec: Arc::new(exec::ExecCtx { reaper, cgroups }),
+            token,
+            ready: cordon_protocol::Ready {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                version_min: cordon_protocol::VERSION_MIN,
+                version_max: cordon_protocol::VERSION_MAX,
+                capabilities: capabilities.into_iter().map(String::from).collect(),
+                kernel_boot_ms,
+                agent_start_ms: t0.elapsed().as_millis() as u64,
+            },
+            spool_dir: spool_dir.unwrap_or_else(std::env::temp_dir),
+        });
+        listen::run(listen, agent).await
+    })
+}

@@ -1,0 +1,60 @@
+//! The local-agent backend, for development only: the agent runs as a plain
+//! host process connected over a socketpair. It isolates nothing and says so.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use super::{find_agent, new_token, BackendError, Sandbox};
+use crate::agent::AgentClient;
+use crate::plan::Plan;
+
+struct Guard {
+    child: tokio::process::Child,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // The agent kills its steps when the connection closes; make sure the
+        // agent itself is gone too.
+        let _ = self.child.start_kill();
+    }
+}
+
+pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
+    let agent = find_agent(plan.agent.as_deref())?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
+    let theirs = OwnedFd::from(theirs);
+    let fd = theirs.as_raw_fd();
+    let token = new_token();
+    let mut cmd = std::process::Command::new(&agent);
+    cmd.arg("--listen").arg("fd:3").env("CORDON_AGENT_TOKEN", &token).stdin(std::process::Stdio::null());
+    // SAFETY: async-signal-safe calls only (dup2, fcntl, prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::fcntl(3, libc::F_SETFD, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() == 1 {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| BackendError::Spawn { what: agent.display().to_string(), source })?;
+    drop(theirs);
+    ours.set_nonblocking(true).map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
+    let stream = tokio::net::UnixStream::from_std(ours)
+        .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
+    let client = AgentClient::connect(stream, &token, Duration::from_secs(10)).await.map_err(BackendError::Connect)?;
+    Ok(Sandbox {
+        client,
+        description: "local-agent (development backend: NO ISOLATION, steps run as plain host processes)".into(),
+        guard: Box::new(Guard { child }),
+    })
+}

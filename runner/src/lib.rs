@@ -1,0 +1,14 @@
+//! cordon: the host runner. The binary in main.rs is a thin shell over this
+//! library so integration tests and benchmarks can drive the same code.
+
+pub mod agent;
+pub mod backend;
+pub mod cli;
+pub mod doctor;
+pub mod duration;
+pub mod exit;
+pub mod plan;
+pub mod run;
+
+/// Target triple of the static guest agent build (scripts/build-agent.sh).
+pub const AGENT_TRIPLE: &str = "x86_64-unknown-linux-gnu";

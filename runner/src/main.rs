@@ -1,0 +1,56 @@
+//! Parses the command line, runs, and turns errors into one message per
+//! cause and a documented exit code.
+
+use clap::Parser;
+use cordon::cli::{Cli, Command};
+use cordon::{exit, plan::Plan};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .init();
+    match cli.command {
+        Command::Doctor => {
+            cordon::doctor::print();
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => {
+            let plan = match Plan::from_args(&args) {
+                Ok(p) => p,
+                Err(e) => {
+                    print_chain(&e);
+                    return ExitCode::from(exit::BAD_CONFIG);
+                }
+            };
+            // One thread: PR_SET_PDEATHSIG of helpers is tied to the spawning
+            // thread, which must live as long as the run.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    print_chain(&e);
+                    return ExitCode::from(exit::INTERNAL);
+                }
+            };
+            match rt.block_on(cordon::run::run(plan)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    print_chain(&e);
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+    }
+}
+
+fn print_chain(e: &dyn std::error::Error) {
+    eprintln!("cordon: error: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        eprintln!("  caused by: {s}");
+        src = s.source();
+    }
+}
