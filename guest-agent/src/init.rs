@@ -25,11 +25,19 @@ pub struct BootParams {
 pub fn parse_cmdline(cmdline: &str) -> BootParams {
     let mut p = BootParams::default();
     for word in cmdline.split_whitespace() {
-        let Some((k, v)) = word.split_once('=') else { continue };
+        let Some((k, v)) = word.split_once('=') else {
+            continue;
+        };
         match k {
             "cordon.listen" => p.listen = Some(v.to_string()),
             "cordon.token" => p.token = Some(v.to_string()),
-            "cordon.modules" => p.modules = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            "cordon.modules" => {
+                p.modules = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
             "cordon.hostname" => p.hostname = Some(v.to_string()),
             "cordon.halt" => p.reboot_to_halt = v == "reboot",
             _ => {}
@@ -61,17 +69,34 @@ pub fn mount_all() {
     mount("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, "");
     mount("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, "");
     mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
-    mount("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    );
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
     mount("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777");
     mount("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777");
     mount("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755");
-    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | libc::MS_NOEXEC, "");
+    mount(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        nosuid_nodev | libc::MS_NOEXEC,
+        "",
+    );
     // Lets per-exec cgroups report OOM kills; failure only loses that report.
     let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
-    for (src, dst) in [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"), ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr")] {
+    for (src, dst) in [
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ] {
         let _ = std::os::unix::fs::symlink(src, dst);
     }
 }
@@ -79,7 +104,11 @@ pub fn mount_all() {
 /// Loads modules in order; one that is already loaded or built in is fine.
 pub fn load_modules(list: &[String]) {
     for m in list {
-        let path = if m.starts_with('/') { m.clone() } else { format!("/lib/modules/{}/{m}", kernel_release()) };
+        let path = if m.starts_with('/') {
+            m.clone()
+        } else {
+            format!("/lib/modules/{}/{m}", kernel_release())
+        };
         match load_module(&path) {
             Ok(()) => tracing::debug!(module = %path, "loaded"),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -105,7 +134,13 @@ pub fn module_list(params: &BootParams) -> Vec<String> {
         return params.modules.clone();
     }
     std::fs::read_to_string(MODULES_FILE)
-        .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+        .map(|s| {
+            s.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -115,7 +150,9 @@ fn kernel_release() -> String {
     // SAFETY: valid pointer.
     unsafe { libc::uname(&mut u) };
     // SAFETY: uname NUL-terminates release.
-    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn set_hostname(name: &str) {
@@ -162,7 +199,11 @@ pub fn power_off(reboot: bool) -> ! {
         libc::sync();
         libc::kill(-1, libc::SIGKILL);
         libc::sync();
-        libc::reboot(if reboot { libc::RB_AUTOBOOT } else { libc::RB_POWER_OFF });
+        libc::reboot(if reboot {
+            libc::RB_AUTOBOOT
+        } else {
+            libc::RB_POWER_OFF
+        });
     }
     // reboot failed (not PID 1 or no privilege): PID 1 must still not exit.
     loop {
@@ -182,6 +223,12 @@ mod tests {
         assert_eq!(p.modules, vec!["a.ko".to_string(), "b/c.ko".to_string()]);
         assert!(p.reboot_to_halt);
         assert_eq!(parse_cmdline(""), BootParams::default());
-        assert_eq!(parse_cmdline("cordon.listen cordon.token="), BootParams { token: Some(String::new()), ..Default::default() });
+        assert_eq!(
+            parse_cmdline("cordon.listen cordon.token="),
+            BootParams {
+                token: Some(String::new()),
+                ..Default::default()
+            }
+        );
     }
 }

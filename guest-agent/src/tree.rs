@@ -27,8 +27,12 @@ impl CgroupRoot {
         let n = NEXT_CGROUP.fetch_add(1, Ordering::Relaxed);
         let dir = self.0.join(format!("cordon-exec-{n}"));
         std::fs::create_dir(&dir)?;
-        let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let procs = CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Ok(Cgroup { dir, procs })
     }
 }
@@ -68,7 +72,10 @@ impl Cgroup {
     fn oom_kills(&self) -> u64 {
         let s = std::fs::read_to_string(self.dir.join("memory.events")).unwrap_or_default();
         s.lines()
-            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(0)
     }
 }
@@ -132,13 +139,21 @@ impl Tree {
 
 /// Whether a non-zombie process in group `pgid` exists (scans /proc).
 fn group_alive(pgid: i32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     for e in dir.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the last ')' : state ppid pgrp ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let mut f = rest.split_whitespace();
         let state = f.next();
         let _ppid = f.next();
@@ -155,6 +170,9 @@ pub fn vmstat_oom_kills() -> u64 {
     std::fs::read_to_string("/proc/vmstat")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0)
 }

@@ -30,7 +30,10 @@ pub enum Message {
     /// Agent to runner on an exec's stream: the process started.
     Started { pid: u32 },
     /// Agent to runner on an exec's stream: the exec could not start.
-    ExecFailed { reason: ExecFailure, message: String },
+    ExecFailed {
+        reason: ExecFailure,
+        message: String,
+    },
     /// Agent to runner on an exec's stream, after all of its output: the end.
     Exit(ExitStatus),
     /// Runner to agent on a running exec's stream: signal its whole tree.
@@ -207,9 +210,19 @@ mod tests {
     #[test]
     fn test_message_round_trip() {
         let msgs = vec![
-            Message::Exec(Exec { argv: vec!["echo".into(), "hi".into()], stdin: true, ..Default::default() }),
-            Message::Exit(ExitStatus { code: Some(42), ..Default::default() }),
-            Message::Credit { channel: Channel::Stdout, bytes: 4096 },
+            Message::Exec(Exec {
+                argv: vec!["echo".into(), "hi".into()],
+                stdin: true,
+                ..Default::default()
+            }),
+            Message::Exit(ExitStatus {
+                code: Some(42),
+                ..Default::default()
+            }),
+            Message::Credit {
+                channel: Channel::Stdout,
+                bytes: 4096,
+            },
             Message::Shutdown,
             Message::Ready(Ready {
                 agent_version: "0.1.0".into(),
@@ -219,7 +232,12 @@ mod tests {
                 kernel_boot_ms: Some(480),
                 agent_start_ms: 3,
             }),
-            Message::Hello(Hello { version_min: 1, version_max: 2, runner_version: "x".into(), token: "t".into() }),
+            Message::Hello(Hello {
+                version_min: 1,
+                version_max: 2,
+                runner_version: "x".into(),
+                token: "t".into(),
+            }),
         ];
         for m in msgs {
             assert_eq!(Message::from_bytes(&m.to_bytes()).unwrap(), m);

@@ -10,7 +10,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     match cli.command {
         Command::Doctor => {
@@ -27,7 +29,9 @@ fn main() -> ExitCode {
             };
             // One thread: PR_SET_PDEATHSIG of helpers is tied to the spawning
             // thread, which must live as long as the run.
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             let rt = match rt {
                 Ok(rt) => rt,
                 Err(e) => {

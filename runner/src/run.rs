@@ -28,9 +28,8 @@ pub enum RunError {
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Backend(BackendError::Unavailable(..)) | RunError::Backend(BackendError::NoAgent(_)) => {
-                exit::BACKEND_UNAVAILABLE
-            }
+            RunError::Backend(BackendError::Unavailable(..))
+            | RunError::Backend(BackendError::NoAgent(_)) => exit::BACKEND_UNAVAILABLE,
             RunError::Backend(BackendError::Connect(_)) => exit::BOOT_FAILED,
             RunError::Backend(BackendError::Spawn { .. }) => exit::INTERNAL,
             RunError::Agent(_) => exit::AGENT_LOST,
@@ -57,11 +56,19 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
     } else if plan.isolation == Isolation::LocalAgent {
         eprintln!("cordon: WARNING: isolation {}", sandbox.description);
     }
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| RunError::Output(e))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| RunError::Output(e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Output)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Output)?;
     let mut code = 0u8;
     for step in &plan.steps {
-        let end = run_step(&sandbox, step, plan.stdin && plan.steps.len() == 1, &mut out, &mut sigint, &mut sigterm).await?;
+        let end = run_step(
+            &sandbox,
+            step,
+            plan.stdin && plan.steps.len() == 1,
+            &mut out,
+            &mut sigint,
+            &mut sigterm,
+        )
+        .await?;
         code = match &end {
             StepEnd::Exited(st) if st.timed_out => exit::TIMED_OUT,
             StepEnd::Exited(st) => match (st.code, st.signal) {
@@ -71,9 +78,10 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
             },
             StepEnd::StartFailed(ExecFailure::NotFound, _) => exit::NOT_FOUND,
             StepEnd::StartFailed(ExecFailure::PermissionDenied, _) => exit::CANNOT_EXECUTE,
-            StepEnd::StartFailed(ExecFailure::BadCwd | ExecFailure::BadUser | ExecFailure::BadRequest, _) => {
-                exit::BAD_CONFIG
-            }
+            StepEnd::StartFailed(
+                ExecFailure::BadCwd | ExecFailure::BadUser | ExecFailure::BadRequest,
+                _,
+            ) => exit::BAD_CONFIG,
             StepEnd::StartFailed(ExecFailure::Other, _) => exit::CANNOT_EXECUTE,
             StepEnd::Cancelled(sig, _) => exit::for_signal(*sig),
         };
@@ -124,11 +132,15 @@ async fn run_step(
     let mut h: ExecHandle = sb.client.exec(req).await?;
     let pid = match h.started().await {
         Ok(pid) => pid,
-        Err(StartError::Failed { reason, message }) => return Ok(StepEnd::StartFailed(reason, message)),
+        Err(StartError::Failed { reason, message }) => {
+            return Ok(StepEnd::StartFailed(reason, message))
+        }
         Err(StartError::Agent(e)) => return Err(e.into()),
     };
     if out.json {
-        out.event(json!({"event": "step_started", "step": step.name, "argv": step.argv, "pid": pid}))?;
+        out.event(
+            json!({"event": "step_started", "step": step.name, "argv": step.argv, "pid": pid}),
+        )?;
     }
     let stdin_task = forward_stdin.then(|| {
         let w = h.stdin();
@@ -197,14 +209,22 @@ fn report_step(out: &mut Output, step: &Step, end: &StepEnd, code: u8) -> Result
                     "timed_out": st.timed_out, "oom_killed": st.oom_killed, "cancelled": matches!(end, StepEnd::Cancelled(..)),
                     "wall_ms": st.wall_ms, "peak_rss_kb": st.peak_rss_kb}))?;
             } else if st.timed_out {
-                eprintln!("cordon: step {:?} timed out after {} ms; its process tree was killed", step.name, st.wall_ms);
+                eprintln!(
+                    "cordon: step {:?} timed out after {} ms; its process tree was killed",
+                    step.name, st.wall_ms
+                );
             } else if st.oom_killed {
-                eprintln!("cordon: step {:?} was killed by the out-of-memory killer", step.name);
+                eprintln!(
+                    "cordon: step {:?} was killed by the out-of-memory killer",
+                    step.name
+                );
             } else if let Some(sig) = st.signal {
                 eprintln!("cordon: step {:?} was killed by signal {sig}", step.name);
             }
         }
-        StepEnd::Cancelled(sig, None) => eprintln!("cordon: step {:?} cancelled by signal {sig}", step.name),
+        StepEnd::Cancelled(sig, None) => {
+            eprintln!("cordon: step {:?} cancelled by signal {sig}", step.name)
+        }
         StepEnd::StartFailed(reason, message) => {
             if out.json {
                 out.event(json!({"event": "step_failed_to_start", "step": step.name, "reason": reason, "message": message, "exit_code": code}))?;
@@ -226,7 +246,9 @@ impl Output {
         if self.json {
             let ev = match std::str::from_utf8(b) {
                 Ok(s) => json!({"event": "output", "step": step, "stream": stream, "data": s}),
-                Err(_) => json!({"event": "output", "step": step, "stream": stream, "data_hex": hex(b)}),
+                Err(_) => {
+                    json!({"event": "output", "step": step, "stream": stream, "data_hex": hex(b)})
+                }
             };
             return self.event(ev);
         }
@@ -243,7 +265,9 @@ impl Output {
     fn event(&mut self, v: serde_json::Value) -> Result<(), RunError> {
         let mut o = std::io::stdout().lock();
         serde_json::to_writer(&mut o, &v).map_err(|e| RunError::Output(e.into()))?;
-        o.write_all(b"\n").and_then(|_| o.flush()).map_err(RunError::Output)
+        o.write_all(b"\n")
+            .and_then(|_| o.flush())
+            .map_err(RunError::Output)
     }
 }
 

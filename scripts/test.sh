@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: dependencies, the static agent, every
+# crate's unit tests and the black-box integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/setup.sh
+scripts/build-agent.sh >/dev/null
+cargo build --workspace --quiet
+cargo test --workspace --quiet "$@"
