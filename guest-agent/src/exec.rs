@@ -5,9 +5,7 @@
 //! the whole tree is gone before Exit is sent.
 
 use bytes::Bytes;
-use cordon_protocol::{
-    Channel, Exec, ExecFailure, ExitStatus, Kind, Message, Window, DATA_CHUNK, DEFAULT_GRACE_MS,
-};
+use cordon_protocol::{Channel, Exec, ExecFailure, ExitStatus, Kind, Message, Window, DATA_CHUNK, DEFAULT_GRACE_MS};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -59,62 +57,25 @@ struct Spawned {
 }
 
 pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
-    let ExecIo {
-        out,
-        stream,
-        stdout_win,
-        stderr_win,
-        stdin,
-        stdin_inflight,
-        mut signals,
-        mut closed,
-    } = io;
+    let ExecIo { out, stream, stdout_win, stderr_win, stdin, stdin_inflight, mut signals, mut closed } = io;
     let started = Instant::now();
     let oom_before = vmstat_oom_kills();
     let mut sp = match spawn(&ctx, &req) {
         Ok(sp) => sp,
         Err((reason, message)) => {
-            out.msg(stream, &Message::ExecFailed { reason, message })
-                .await;
+            out.msg(stream, &Message::ExecFailed { reason, message }).await;
             return;
         }
     };
-    out.msg(
-        stream,
-        &Message::Started {
-            pid: sp.tree.pgid as u32,
-        },
-    )
-    .await;
+    out.msg(stream, &Message::Started { pid: sp.tree.pgid as u32 }).await;
 
-    let pump_out = tokio::spawn(pump(
-        out.clone(),
-        stream,
-        Kind::STDOUT,
-        stdout_win.clone(),
-        sp.stdout,
-    ));
-    let pump_err = sp.stderr.take().map(|r| {
-        tokio::spawn(pump(
-            out.clone(),
-            stream,
-            Kind::STDERR,
-            stderr_win.clone(),
-            r,
-        ))
-    });
-    let feeder = tokio::spawn(feed_stdin(
-        out.clone(),
-        stream,
-        sp.stdin.take(),
-        stdin,
-        stdin_inflight,
-    ));
+    let pump_out = tokio::spawn(pump(out.clone(), stream, Kind::STDOUT, stdout_win.clone(), sp.stdout));
+    let pump_err =
+        sp.stderr.take().map(|r| tokio::spawn(pump(out.clone(), stream, Kind::STDERR, stderr_win.clone(), r)));
+    let feeder = tokio::spawn(feed_stdin(out.clone(), stream, sp.stdin.take(), stdin, stdin_inflight));
 
     let grace = Duration::from_millis(req.grace_ms.unwrap_or(DEFAULT_GRACE_MS));
-    let deadline = req
-        .timeout_ms
-        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let deadline = req.timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let mut timed_out = false;
     let mut we_killed = false;
     let mut killer: Option<tokio::task::JoinHandle<()>> = None;
@@ -149,10 +110,7 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
         }
     };
     if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
-        tracing::warn!(
-            stream,
-            "output still open after the tree was killed; closing it"
-        );
+        tracing::warn!(stream, "output still open after the tree was killed; closing it");
         stdout_win.close();
         stderr_win.close();
         out.eof(stream, Kind::STDOUT).await;
@@ -168,10 +126,7 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
         None => (None, None, 0),
     };
     let oom_killed = tree.oom_kills() > 0
-        || (tree.cgroup.is_none()
-            && !we_killed
-            && signal == Some(libc::SIGKILL)
-            && vmstat_oom_kills() > oom_before);
+        || (tree.cgroup.is_none() && !we_killed && signal == Some(libc::SIGKILL) && vmstat_oom_kills() > oom_before);
     let status = ExitStatus {
         code,
         signal,
@@ -211,19 +166,10 @@ async fn terminate(tree: Arc<Tree>, grace: Duration) {
             return;
         }
     }
-    tracing::error!(
-        pgid = tree.pgid,
-        "process tree survived SIGKILL for a second"
-    );
+    tracing::error!(pgid = tree.pgid, "process tree survived SIGKILL for a second");
 }
 
-async fn pump(
-    out: Outbox,
-    stream: u32,
-    kind: Kind,
-    win: Window,
-    mut r: Box<dyn AsyncRead + Send + Unpin>,
-) {
+async fn pump(out: Outbox, stream: u32, kind: Kind, win: Window, mut r: Box<dyn AsyncRead + Send + Unpin>) {
     let mut buf = vec![0u8; DATA_CHUNK];
     loop {
         match r.read(&mut buf).await {
@@ -289,17 +235,13 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
     if req.clear_env {
         cmd.env_clear();
     }
-    let has_path = req.env.iter().any(|(k, _)| k == "PATH")
-        || (!req.clear_env && std::env::var_os("PATH").is_some());
+    let has_path = req.env.iter().any(|(k, _)| k == "PATH") || (!req.clear_env && std::env::var_os("PATH").is_some());
     if !has_path {
         cmd.env("PATH", DEFAULT_PATH);
     }
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err((
-                ExecFailure::BadRequest,
-                format!("invalid environment variable name {k:?}"),
-            ));
+            return Err((ExecFailure::BadRequest, format!("invalid environment variable name {k:?}")));
         }
         cmd.env(k, v);
     }
@@ -323,11 +265,7 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
         None => None,
     };
 
-    let (stdout, stderr, stdin_w): (
-        Box<dyn AsyncRead + Send + Unpin>,
-        Option<Box<dyn AsyncRead + Send + Unpin>>,
-        _,
-    );
+    let (stdout, stderr, stdin_w): (Box<dyn AsyncRead + Send + Unpin>, Option<Box<dyn AsyncRead + Send + Unpin>>, _);
     let use_pty = req.pty.is_some();
     if let Some(size) = req.pty {
         let (master, slave) = openpty(size.rows, size.cols).map_err(other)?;
@@ -341,11 +279,8 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
             // SAFETY: writing one byte from a static buffer to our pty master.
             unsafe { libc::write(master.as_raw_fd(), b"\x04".as_ptr().cast(), 1) };
         }
-        let w: Option<Box<dyn AsyncWrite + Send + Unpin>> = if req.stdin {
-            Some(Box::new(FdIo::new(dup(&master)?).map_err(other)?))
-        } else {
-            None
-        };
+        let w: Option<Box<dyn AsyncWrite + Send + Unpin>> =
+            if req.stdin { Some(Box::new(FdIo::new(dup(&master)?).map_err(other)?)) } else { None };
         stdout = Box::new(FdIo::new(master).map_err(other)?);
         stderr = None;
         stdin_w = w;
@@ -359,18 +294,14 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
         if req.stdin {
             let (ir, iw) = pipe().map_err(other)?;
             cmd.stdin(Stdio::from(ir));
-            stdin_w = Some(Box::new(
-                tokio::net::unix::pipe::Sender::from_owned_fd(iw).map_err(other)?,
-            ));
+            stdin_w = Some(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(iw).map_err(other)?));
         } else {
             cmd.stdin(Stdio::null());
             stdin_w = None;
         }
     }
 
-    let cg_ref = cgroup
-        .as_ref()
-        .map(|c| c as *const crate::tree::Cgroup as usize);
+    let cg_ref = cgroup.as_ref().map(|c| c as *const crate::tree::Cgroup as usize);
     // SAFETY: the closure runs in the forked child and only makes
     // async-signal-safe calls (setsid, ioctl, open/write/close).
     unsafe {
@@ -378,10 +309,7 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if use_pty
-                && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0
-                && libc::ioctl(1, libc::TIOCSCTTY, 0) < 0
-            {
+            if use_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 && libc::ioctl(1, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if let Some(p) = cg_ref {
@@ -397,24 +325,15 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
         .spawn_registered(|| cmd.spawn().map(|c| (c.id() as i32, c.id() as i32)))
         .map_err(|e| classify(prog, req.uid.is_some() || req.gid.is_some(), e))?;
     drop(cmd);
-    Ok(Spawned {
-        tree: Tree { pgid: pid, cgroup },
-        reaped,
-        stdin: stdin_w,
-        stdout,
-        stderr,
-    })
+    Ok(Spawned { tree: Tree { pgid: pid, cgroup }, reaped, stdin: stdin_w, stdout, stderr })
 }
 
 fn classify(prog: &str, set_ids: bool, e: std::io::Error) -> Failure {
     match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            (ExecFailure::NotFound, format!("{prog}: command not found"))
+        std::io::ErrorKind::NotFound => (ExecFailure::NotFound, format!("{prog}: command not found")),
+        std::io::ErrorKind::PermissionDenied if !set_ids => {
+            (ExecFailure::PermissionDenied, format!("{prog}: permission denied"))
         }
-        std::io::ErrorKind::PermissionDenied if !set_ids => (
-            ExecFailure::PermissionDenied,
-            format!("{prog}: permission denied"),
-        ),
         _ if set_ids && e.raw_os_error() == Some(libc::EPERM) => {
             (ExecFailure::BadUser, format!("switching user failed: {e}"))
         }
@@ -443,12 +362,7 @@ fn pipe_reader(fd: OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver>
 
 fn openpty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (mut m, mut s) = (0i32, 0i32);
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: valid out-pointers; name and termios may be null.
     if unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) } < 0 {
         return Err(std::io::Error::last_os_error());

@@ -31,13 +31,7 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
         match k {
             "cordon.listen" => p.listen = Some(v.to_string()),
             "cordon.token" => p.token = Some(v.to_string()),
-            "cordon.modules" => {
-                p.modules = v
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            }
+            "cordon.modules" => p.modules = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
             "cordon.hostname" => p.hostname = Some(v.to_string()),
             "cordon.halt" => p.reboot_to_halt = v == "reboot",
             _ => {}
@@ -69,26 +63,14 @@ pub fn mount_all() {
     mount("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, "");
     mount("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, "");
     mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
-    mount(
-        "devpts",
-        "/dev/pts",
-        "devpts",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620",
-    );
+    mount("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
     mount("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777");
     mount("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777");
     mount("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755");
-    mount(
-        "cgroup2",
-        "/sys/fs/cgroup",
-        "cgroup2",
-        nosuid_nodev | libc::MS_NOEXEC,
-        "",
-    );
+    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | libc::MS_NOEXEC, "");
     // Lets per-exec cgroups report OOM kills; failure only loses that report.
     let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
     for (src, dst) in [
@@ -101,15 +83,25 @@ pub fn mount_all() {
     }
 }
 
+/// Parameters for module `name` from the kernel command line (`name.key=v`),
+/// as modprobe would pass them: the kernel applies those only to built-ins.
+pub fn module_params(cmdline: &str, name: &str) -> String {
+    let prefix = format!("{name}.");
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(&prefix))
+        .filter(|p| p.contains('='))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Loads modules in order; one that is already loaded or built in is fine.
-pub fn load_modules(list: &[String]) {
+pub fn load_modules(list: &[String], cmdline: &str) {
     for m in list {
-        let path = if m.starts_with('/') {
-            m.clone()
-        } else {
-            format!("/lib/modules/{}/{m}", kernel_release())
-        };
-        match load_module(&path) {
+        let path = if m.starts_with('/') { m.clone() } else { format!("/lib/modules/{}/{m}", kernel_release()) };
+        let file = path.rsplit('/').next().unwrap_or(&path);
+        let name = file.split(".ko").next().unwrap_or(file).replace('-', "_");
+        match load_module(&path, &module_params(cmdline, &name)) {
             Ok(()) => tracing::debug!(module = %path, "loaded"),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => tracing::warn!(module = %path, error = %e, "loading module failed"),
@@ -117,10 +109,10 @@ pub fn load_modules(list: &[String]) {
     }
 }
 
-fn load_module(path: &str) -> std::io::Result<()> {
+fn load_module(path: &str, params: &str) -> std::io::Result<()> {
     let f = std::fs::File::open(path)?;
-    let params = cstr("");
-    // SAFETY: finit_module with an open fd and an empty parameter string.
+    let params = CString::new(params).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: finit_module with an open fd and a NUL-terminated parameter string.
     let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
@@ -135,11 +127,7 @@ pub fn module_list(params: &BootParams) -> Vec<String> {
     }
     std::fs::read_to_string(MODULES_FILE)
         .map(|s| {
-            s.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string)
-                .collect()
+            s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
         })
         .unwrap_or_default()
 }
@@ -150,9 +138,7 @@ fn kernel_release() -> String {
     // SAFETY: valid pointer.
     unsafe { libc::uname(&mut u) };
     // SAFETY: uname NUL-terminates release.
-    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
 }
 
 pub fn set_hostname(name: &str) {
@@ -199,11 +185,7 @@ pub fn power_off(reboot: bool) -> ! {
         libc::sync();
         libc::kill(-1, libc::SIGKILL);
         libc::sync();
-        libc::reboot(if reboot {
-            libc::RB_AUTOBOOT
-        } else {
-            libc::RB_POWER_OFF
-        });
+        libc::reboot(if reboot { libc::RB_AUTOBOOT } else { libc::RB_POWER_OFF });
     }
     // reboot failed (not PID 1 or no privilege): PID 1 must still not exit.
     loop {
@@ -225,10 +207,15 @@ mod tests {
         assert_eq!(parse_cmdline(""), BootParams::default());
         assert_eq!(
             parse_cmdline("cordon.listen cordon.token="),
-            BootParams {
-                token: Some(String::new()),
-                ..Default::default()
-            }
+            BootParams { token: Some(String::new()), ..Default::default() }
         );
+    }
+
+    #[test]
+    fn test_module_params() {
+        let c = "console=ttyS0 virtio_mmio.device=512@0xfeb00000:12 virtio_mmio.device=512@0xfeb00200:13 \
+                 virtio_mmiox.a=1 virtio_mmio.flag";
+        assert_eq!(module_params(c, "virtio_mmio"), "device=512@0xfeb00000:12 device=512@0xfeb00200:13");
+        assert_eq!(module_params(c, "vsock"), "");
     }
 }

@@ -45,9 +45,7 @@ impl std::str::FromStr for Listen {
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
         match kind {
             "vsock" => rest.parse().map(Listen::Vsock).map_err(|_| bad()),
-            "serial" if !rest.is_empty() && !rest.contains('/') => {
-                Ok(Listen::Serial(rest.to_string()))
-            }
+            "serial" if !rest.is_empty() && !rest.contains('/') => Ok(Listen::Serial(rest.to_string())),
             "unix" if !rest.is_empty() => Ok(Listen::Unix(PathBuf::from(rest))),
             "fd" => match rest.parse::<i32>() {
                 Ok(n) if n >= 0 => Ok(Listen::Fd(n)),
@@ -66,23 +64,15 @@ pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenErr
             // SAFETY: the parent handed us fd n for exclusive use.
             let fd = unsafe { OwnedFd::from_raw_fd(n) };
             let std = std::os::unix::net::UnixStream::from(fd);
-            std.set_nonblocking(true)
-                .map_err(|source| ListenError::Open {
-                    path: format!("fd:{n}"),
-                    source,
-                })?;
-            let s = tokio::net::UnixStream::from_std(std).map_err(|source| ListenError::Open {
-                path: format!("fd:{n}"),
-                source,
-            })?;
+            std.set_nonblocking(true).map_err(|source| ListenError::Open { path: format!("fd:{n}"), source })?;
+            let s = tokio::net::UnixStream::from_std(std)
+                .map_err(|source| ListenError::Open { path: format!("fd:{n}"), source })?;
             Ok(serve(agent, s).await)
         }
         Listen::Unix(path) => {
             let _ = std::fs::remove_file(&path);
-            let l = tokio::net::UnixListener::bind(&path).map_err(|source| ListenError::Bind {
-                what: path.display().to_string(),
-                source,
-            })?;
+            let l = tokio::net::UnixListener::bind(&path)
+                .map_err(|source| ListenError::Bind { what: path.display().to_string(), source })?;
             loop {
                 let Ok((s, _)) = l.accept().await else {
                     continue;
@@ -94,10 +84,8 @@ pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenErr
         }
         Listen::Vsock(port) => {
             let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
-            let l = tokio_vsock::VsockListener::bind(addr).map_err(|source| ListenError::Bind {
-                what: format!("vsock port {port}"),
-                source,
-            })?;
+            let l = tokio_vsock::VsockListener::bind(addr)
+                .map_err(|source| ListenError::Bind { what: format!("vsock port {port}"), source })?;
             loop {
                 let s = match l.accept().await {
                     Ok((s, _)) => s,
@@ -119,14 +107,9 @@ pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenErr
                     .read(true)
                     .write(true)
                     .open(&dev)
-                    .map_err(|source| ListenError::Open {
-                        path: dev.display().to_string(),
-                        source,
-                    })?;
-                let io = FdIo::new(OwnedFd::from(f)).map_err(|source| ListenError::Open {
-                    path: dev.display().to_string(),
-                    source,
-                })?;
+                    .map_err(|source| ListenError::Open { path: dev.display().to_string(), source })?;
+                let io = FdIo::new(OwnedFd::from(f))
+                    .map_err(|source| ListenError::Open { path: dev.display().to_string(), source })?;
                 if serve(agent.clone(), io).await == Outcome::Shutdown {
                     return Ok(Outcome::Shutdown);
                 }
@@ -162,27 +145,14 @@ mod tests {
     fn test_listen_parse_table() {
         let good = [
             ("vsock:1024", Listen::Vsock(1024)),
-            (
-                "serial:org.cordon.agent",
-                Listen::Serial("org.cordon.agent".into()),
-            ),
+            ("serial:org.cordon.agent", Listen::Serial("org.cordon.agent".into())),
             ("unix:/run/a.sock", Listen::Unix("/run/a.sock".into())),
             ("fd:3", Listen::Fd(3)),
         ];
         for (s, want) in good {
             assert_eq!(s.parse::<Listen>().unwrap(), want, "{s}");
         }
-        for bad in [
-            "",
-            "vsock",
-            "vsock:x",
-            "vsock:-1",
-            "fd:-3",
-            "serial:",
-            "serial:a/b",
-            "tcp:1",
-            "unix:",
-        ] {
+        for bad in ["", "vsock", "vsock:x", "vsock:-1", "fd:-3", "serial:", "serial:a/b", "tcp:1", "unix:"] {
             assert!(bad.parse::<Listen>().is_err(), "{bad}");
         }
     }

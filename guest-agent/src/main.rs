@@ -21,11 +21,7 @@ use std::time::Instant;
 use crate::listen::Listen;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "cordon-agent",
-    version,
-    about = "cordon's guest agent (normally started by cordon, not by hand)"
-)]
+#[command(name = "cordon-agent", version, about = "cordon's guest agent (normally started by cordon, not by hand)")]
 struct Args {
     /// Where to serve: vsock:PORT, serial:NAME (a virtio-serial port name),
     /// unix:PATH, or fd:N (an inherited connected socket; serves it once)
@@ -68,18 +64,8 @@ fn main() {
     // Orphans of an exec's tree come back to us, so they are reaped and killable.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let cgroups = args
-        .cgroup_root
-        .as_deref()
-        .and_then(tree::CgroupRoot::probe);
-    let code = match serve(
-        listen,
-        args.token.unwrap_or_default(),
-        args.spool_dir,
-        cgroups,
-        None,
-        t0,
-    ) {
+    let cgroups = args.cgroup_root.as_deref().and_then(tree::CgroupRoot::probe);
+    let code = match serve(listen, args.token.unwrap_or_default(), args.spool_dir, cgroups, None, t0) {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("cordon-agent: {e}");
@@ -99,15 +85,10 @@ fn pid1_main(t0: Instant) -> ! {
     let kernel_ms = init::uptime_ms().map(|u| u.saturating_sub(t0.elapsed().as_millis() as u64));
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = init::parse_cmdline(&cmdline);
-    init::load_modules(&init::module_list(&params));
+    init::load_modules(&init::module_list(&params), &cmdline);
     init::set_hostname(params.hostname.as_deref().unwrap_or("cordon"));
     init::loopback_up();
-    let listen = match params
-        .listen
-        .as_deref()
-        .unwrap_or("vsock:1024")
-        .parse::<Listen>()
-    {
+    let listen = match params.listen.as_deref().unwrap_or("vsock:1024").parse::<Listen>() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("cordon-agent: {e}");

@@ -18,21 +18,11 @@ impl Outbox {
 
     /// Queues a control message; false when the connection is gone.
     pub async fn msg(&self, stream: u32, m: &Message) -> bool {
-        self.tx
-            .send(Frame::new(stream, Kind::CONTROL, 0, m.to_bytes()))
-            .await
-            .is_ok()
+        self.tx.send(Frame::new(stream, Kind::CONTROL, 0, m.to_bytes())).await.is_ok()
     }
 
     pub async fn error(&self, stream: u32, code: ErrorCode, message: impl Into<String>) -> bool {
-        self.msg(
-            stream,
-            &Message::Error {
-                code,
-                message: message.into(),
-            },
-        )
-        .await
+        self.msg(stream, &Message::Error { code, message: message.into() }).await
     }
 
     pub async fn credit(&self, stream: u32, channel: Channel, bytes: u32) -> bool {
@@ -54,9 +44,6 @@ impl Outbox {
     }
 
     pub async fn eof(&self, stream: u32, kind: Kind) -> bool {
-        self.tx
-            .send(Frame::new(stream, kind, FLAG_EOF, Bytes::new()))
-            .await
-            .is_ok()
+        self.tx.send(Frame::new(stream, kind, FLAG_EOF, Bytes::new())).await.is_ok()
     }
 }

@@ -25,8 +25,7 @@ impl Reaper {
     pub fn start() -> Arc<Reaper> {
         let r = Arc::new(Reaper::default());
         let r2 = r.clone();
-        let mut sig = signal(SignalKind::child())
-            .expect("installing a SIGCHLD handler cannot fail in a fresh runtime");
+        let mut sig = signal(SignalKind::child()).expect("installing a SIGCHLD handler cannot fail in a fresh runtime");
         tokio::spawn(async move {
             loop {
                 // The periodic sweep covers a SIGCHLD that raced the handler setup.
@@ -61,10 +60,7 @@ impl Reaper {
                 break;
             }
             if let Some(tx) = w.remove(&pid) {
-                let _ = tx.send(Reaped {
-                    status,
-                    maxrss_kb: ru.ru_maxrss.max(0) as u64,
-                });
+                let _ = tx.send(Reaped { status, maxrss_kb: ru.ru_maxrss.max(0) as u64 });
             }
         }
     }

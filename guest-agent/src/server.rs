@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use cordon_protocol::{
-    negotiate, Channel, ErrorCode, Frame, FrameReader, FrameWriter, Kind, Message, Ready, Window,
-    CONNECTION_STREAM, INITIAL_WINDOW, VERSION_MAX, VERSION_MIN,
+    negotiate, Channel, ErrorCode, Frame, FrameReader, FrameWriter, Kind, Message, Ready, Window, CONNECTION_STREAM,
+    INITIAL_WINDOW, VERSION_MAX, VERSION_MIN,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -109,10 +109,7 @@ where
     // Flush what is queued (the ShutdownAck, or the error that explains why
     // the connection ends), but never wait long on a peer that stopped reading.
     let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
         writer.abort();
     }
     outcome
@@ -125,18 +122,12 @@ async fn run_connection<R: AsyncRead + Unpin>(
     streams: &Streams,
     closed: watch::Receiver<bool>,
 ) -> Outcome {
-    out.msg(CONNECTION_STREAM, &Message::Ready(agent.ready.clone()))
-        .await;
+    out.msg(CONNECTION_STREAM, &Message::Ready(agent.ready.clone())).await;
     match tokio::time::timeout(HELLO_DEADLINE, handshake(agent, reader, out)).await {
         Ok(true) => {}
         Ok(false) => return Outcome::Lost,
         Err(_) => {
-            out.error(
-                CONNECTION_STREAM,
-                ErrorCode::Unexpected,
-                "no hello within the deadline",
-            )
-            .await;
+            out.error(CONNECTION_STREAM, ErrorCode::Unexpected, "no hello within the deadline").await;
             return Outcome::Lost;
         }
     }
@@ -146,8 +137,7 @@ async fn run_connection<R: AsyncRead + Unpin>(
             Ok(None) => return Outcome::Lost,
             Err(e) => {
                 tracing::warn!(error = %e, "control connection failed");
-                out.error(CONNECTION_STREAM, ErrorCode::BadMessage, e.to_string())
-                    .await;
+                out.error(CONNECTION_STREAM, ErrorCode::BadMessage, e.to_string()).await;
                 return Outcome::Lost;
             }
         };
@@ -156,12 +146,8 @@ async fn run_connection<R: AsyncRead + Unpin>(
                 let msg = match Message::from_bytes(&frame.body) {
                     Ok(m) => m,
                     Err(e) => {
-                        out.error(
-                            frame.stream,
-                            ErrorCode::BadMessage,
-                            format!("undecodable control message: {e}"),
-                        )
-                        .await;
+                        out.error(frame.stream, ErrorCode::BadMessage, format!("undecodable control message: {e}"))
+                            .await;
                         continue;
                     }
                 };
@@ -173,12 +159,7 @@ async fn run_connection<R: AsyncRead + Unpin>(
                 data(out, streams, frame).await;
             }
             k if !k.is_known() => {
-                out.error(
-                    frame.stream,
-                    ErrorCode::UnknownKind,
-                    format!("unknown frame kind {}", k.0),
-                )
-                .await;
+                out.error(frame.stream, ErrorCode::UnknownKind, format!("unknown frame kind {}", k.0)).await;
             }
             k => {
                 out.error(
@@ -192,11 +173,7 @@ async fn run_connection<R: AsyncRead + Unpin>(
     }
 }
 
-async fn handshake<R: AsyncRead + Unpin>(
-    agent: &Agent,
-    reader: &mut FrameReader<R>,
-    out: &Outbox,
-) -> bool {
+async fn handshake<R: AsyncRead + Unpin>(agent: &Agent, reader: &mut FrameReader<R>, out: &Outbox) -> bool {
     let f = match reader.read_frame().await {
         Ok(Some(f)) => f,
         _ => return false,
@@ -204,32 +181,16 @@ async fn handshake<R: AsyncRead + Unpin>(
     let hello = match (f.kind, Message::from_bytes(&f.body)) {
         (Kind::CONTROL, Ok(Message::Hello(h))) if f.stream == CONNECTION_STREAM => h,
         _ => {
-            out.error(
-                CONNECTION_STREAM,
-                ErrorCode::Unexpected,
-                "the first frame must be hello on stream 0",
-            )
-            .await;
+            out.error(CONNECTION_STREAM, ErrorCode::Unexpected, "the first frame must be hello on stream 0").await;
             return false;
         }
     };
     if !constant_time_eq(hello.token.as_bytes(), agent.token.as_bytes()) {
-        out.error(
-            CONNECTION_STREAM,
-            ErrorCode::BadToken,
-            "the sandbox token does not match",
-        )
-        .await;
+        out.error(CONNECTION_STREAM, ErrorCode::BadToken, "the sandbox token does not match").await;
         return false;
     }
-    match negotiate(
-        (VERSION_MIN, VERSION_MAX),
-        (hello.version_min, hello.version_max),
-    ) {
-        Some(version) => {
-            out.msg(CONNECTION_STREAM, &Message::Welcome { version })
-                .await
-        }
+    match negotiate((VERSION_MIN, VERSION_MAX), (hello.version_min, hello.version_max)) {
+        Some(version) => out.msg(CONNECTION_STREAM, &Message::Welcome { version }).await,
         None => {
             out.error(
                 CONNECTION_STREAM,
@@ -266,12 +227,7 @@ async fn control(
         let out = out.clone();
         async move {
             if !ok {
-                out.error(
-                    stream,
-                    ErrorCode::BadStream,
-                    format!("stream {stream} is reserved or in use"),
-                )
-                .await;
+                out.error(stream, ErrorCode::BadStream, format!("stream {stream} is reserved or in use")).await;
             }
             ok
         }
@@ -321,14 +277,10 @@ async fn control(
             }
             let (tx, rx) = mpsc::unbounded_channel();
             let inflight = Inflight::default();
-            streams.lock().expect("streams lock").insert(
-                stream,
-                Entry::Put {
-                    data: tx,
-                    ended: false,
-                    inflight: inflight.clone(),
-                },
-            );
+            streams
+                .lock()
+                .expect("streams lock")
+                .insert(stream, Entry::Put { data: tx, ended: false, inflight: inflight.clone() });
             let (out, streams, spool) = (out.clone(), streams.clone(), agent.spool_dir.clone());
             tokio::spawn(async move {
                 transfer::put(out, stream, dest, spool, rx, inflight).await;
@@ -340,10 +292,7 @@ async fn control(
                 return None;
             }
             let win = Window::new();
-            streams
-                .lock()
-                .expect("streams lock")
-                .insert(stream, Entry::Get { win: win.clone() });
+            streams.lock().expect("streams lock").insert(stream, Entry::Get { win: win.clone() });
             let (out, streams) = (out.clone(), streams.clone());
             tokio::spawn(async move {
                 transfer::get(out, stream, path, win).await;
@@ -360,28 +309,17 @@ async fn control(
                 _ => false,
             };
             if !accepted {
-                out.error(
-                    stream,
-                    ErrorCode::Unexpected,
-                    "archive_end without an open put_archive",
-                )
-                .await;
+                out.error(stream, ErrorCode::Unexpected, "archive_end without an open put_archive").await;
             }
         }
         Message::Signal { signal } => {
             let ok = match streams.lock().expect("streams lock").get(&stream) {
-                Some(Entry::Exec { signals, .. }) if (1..=64).contains(&signal) => {
-                    signals.send(signal).is_ok()
-                }
+                Some(Entry::Exec { signals, .. }) if (1..=64).contains(&signal) => signals.send(signal).is_ok(),
                 _ => false,
             };
             if !ok {
-                out.error(
-                    stream,
-                    ErrorCode::Unexpected,
-                    format!("cannot send signal {signal} on stream {stream}"),
-                )
-                .await;
+                out.error(stream, ErrorCode::Unexpected, format!("cannot send signal {signal} on stream {stream}"))
+                    .await;
             }
         }
         Message::Credit { channel, bytes } => {
@@ -396,43 +334,31 @@ async fn control(
             match res {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
-                    out.error(stream, ErrorCode::FlowControl, e.to_string())
-                        .await;
+                    out.error(stream, ErrorCode::FlowControl, e.to_string()).await;
                 }
                 None => {
-                    out.error(
-                        stream,
-                        ErrorCode::Unexpected,
-                        format!("credit for {channel:?} on stream {stream}"),
-                    )
-                    .await;
+                    out.error(stream, ErrorCode::Unexpected, format!("credit for {channel:?} on stream {stream}"))
+                        .await;
                 }
             }
         }
         Message::Shutdown => {
             if stream != CONNECTION_STREAM {
-                out.error(stream, ErrorCode::BadStream, "shutdown belongs on stream 0")
-                    .await;
+                out.error(stream, ErrorCode::BadStream, "shutdown belongs on stream 0").await;
                 return None;
             }
             out.msg(CONNECTION_STREAM, &Message::ShutdownAck).await;
             return Some(Outcome::Shutdown);
         }
         Message::Hello(_) => {
-            out.error(stream, ErrorCode::Unexpected, "hello was already exchanged")
-                .await;
+            out.error(stream, ErrorCode::Unexpected, "hello was already exchanged").await;
         }
         other => {
             let name = serde_json::to_value(&other)
                 .ok()
                 .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
                 .unwrap_or_default();
-            out.error(
-                stream,
-                ErrorCode::Unexpected,
-                format!("{name} is not a request the agent accepts"),
-            )
-            .await;
+            out.error(stream, ErrorCode::Unexpected, format!("{name} is not a request the agent accepts")).await;
         }
     }
     None
@@ -446,20 +372,9 @@ async fn data(out: &Outbox, streams: &Streams, f: Frame) {
     let err = {
         let mut s = streams.lock().expect("streams lock");
         match (s.get_mut(&stream), f.kind) {
-            (
-                Some(Entry::Exec {
-                    stdin,
-                    stdin_eof,
-                    stdin_inflight,
-                    ..
-                }),
-                Kind::STDIN,
-            ) if !*stdin_eof => {
+            (Some(Entry::Exec { stdin, stdin_eof, stdin_inflight, .. }), Kind::STDIN) if !*stdin_eof => {
                 if !take_inflight(stdin_inflight, len) {
-                    Some((
-                        ErrorCode::FlowControl,
-                        "stdin data beyond the granted window".to_string(),
-                    ))
+                    Some((ErrorCode::FlowControl, "stdin data beyond the granted window".to_string()))
                 } else {
                     if len > 0 {
                         let _ = stdin.send(StdinEvent::Data(body));
@@ -471,19 +386,9 @@ async fn data(out: &Outbox, streams: &Streams, f: Frame) {
                     None
                 }
             }
-            (
-                Some(Entry::Put {
-                    data,
-                    ended,
-                    inflight,
-                }),
-                Kind::ARCHIVE,
-            ) if !*ended => {
+            (Some(Entry::Put { data, ended, inflight }), Kind::ARCHIVE) if !*ended => {
                 if !take_inflight(inflight, len) {
-                    Some((
-                        ErrorCode::FlowControl,
-                        "archive data beyond the granted window".to_string(),
-                    ))
+                    Some((ErrorCode::FlowControl, "archive data beyond the granted window".to_string()))
                 } else {
                     if len > 0 {
                         let _ = data.send(PutEvent::Data(body));
@@ -491,10 +396,7 @@ async fn data(out: &Outbox, streams: &Streams, f: Frame) {
                     None
                 }
             }
-            _ => Some((
-                ErrorCode::Unexpected,
-                format!("no open stream {stream} accepts kind {} data", f.kind.0),
-            )),
+            _ => Some((ErrorCode::Unexpected, format!("no open stream {stream} accepts kind {} data", f.kind.0))),
         }
     };
     if let Some((code, msg)) = err {

@@ -28,24 +28,15 @@ pub async fn put(
     let spool = match tempfile::NamedTempFile::new_in(&spool_dir) {
         Ok(f) => f,
         Err(e) => {
-            out.error(
-                stream,
-                ErrorCode::Archive,
-                format!("creating a spool file in {}: {e}", spool_dir.display()),
-            )
-            .await;
+            out.error(stream, ErrorCode::Archive, format!("creating a spool file in {}: {e}", spool_dir.display()))
+                .await;
             return;
         }
     };
     let mut file = match spool.reopen() {
         Ok(f) => tokio::fs::File::from_std(f),
         Err(e) => {
-            out.error(
-                stream,
-                ErrorCode::Archive,
-                format!("opening the spool file: {e}"),
-            )
-            .await;
+            out.error(stream, ErrorCode::Archive, format!("opening the spool file: {e}")).await;
             return;
         }
     };
@@ -72,12 +63,7 @@ pub async fn put(
         return;
     }
     if let Err(e) = file.flush().await {
-        out.error(
-            stream,
-            ErrorCode::Archive,
-            format!("flushing the spool file: {e}"),
-        )
-        .await;
+        out.error(stream, ErrorCode::Archive, format!("flushing the spool file: {e}")).await;
         return;
     }
     let (got_size, got_sha) = digest.finish();
@@ -100,21 +86,24 @@ pub async fn put(
             out.msg(stream, &Message::ArchiveDone { files }).await;
         }
         Ok(Err(e)) => {
-            out.error(stream, ErrorCode::Archive, format!("unpacking failed: {e}"))
-                .await;
+            out.error(stream, ErrorCode::Archive, format!("unpacking failed: {e}")).await;
         }
         Err(e) => {
-            out.error(
-                stream,
-                ErrorCode::Internal,
-                format!("unpack task failed: {e}"),
-            )
-            .await;
+            out.error(stream, ErrorCode::Internal, format!("unpack task failed: {e}")).await;
         }
     }
 }
 
 pub async fn get(out: Outbox, stream: u32, path: String, win: Window) {
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) => {
+            out.msg(stream, &Message::ArchiveInfo { is_dir: m.is_dir() }).await;
+        }
+        Err(e) => {
+            out.error(stream, ErrorCode::Archive, format!("{path}: {e}")).await;
+            return;
+        }
+    }
     let (mut rx, packer) = pack_to_channel(PathBuf::from(path));
     while let Some(chunk) = rx.recv().await {
         if !out.data(stream, Kind::ARCHIVE, &win, &chunk).await {
@@ -127,16 +116,10 @@ pub async fn get(out: Outbox, stream: u32, path: String, win: Window) {
             out.msg(stream, &Message::ArchiveEnd { size, sha256 }).await;
         }
         Ok(Err(e)) => {
-            out.error(stream, ErrorCode::Archive, format!("packing failed: {e}"))
-                .await;
+            out.error(stream, ErrorCode::Archive, format!("packing failed: {e}")).await;
         }
         Err(e) => {
-            out.error(
-                stream,
-                ErrorCode::Internal,
-                format!("pack task failed: {e}"),
-            )
-            .await;
+            out.error(stream, ErrorCode::Internal, format!("pack task failed: {e}")).await;
         }
     }
 }

@@ -16,9 +16,9 @@ impl CgroupRoot {
     /// Uses `dir` when it is a writable cgroup v2 directory.
     pub fn probe(dir: &Path) -> Option<CgroupRoot> {
         let procs = dir.join("cgroup.procs");
-        let ok = std::fs::metadata(&procs).is_ok()
-            && std::fs::OpenOptions::new().write(true).open(&procs).is_ok()
-            && dir.join("cgroup.kill").exists();
+        // cgroup.kill exists in child cgroups only, so it is not checked here.
+        let ok = dir.join("cgroup.controllers").exists()
+            && std::fs::OpenOptions::new().write(true).open(&procs).is_ok();
         ok.then(|| CgroupRoot(dir.to_path_buf()))
     }
 
@@ -27,12 +27,8 @@ impl CgroupRoot {
         let n = NEXT_CGROUP.fetch_add(1, Ordering::Relaxed);
         let dir = self.0.join(format!("cordon-exec-{n}"));
         std::fs::create_dir(&dir)?;
-        let procs = CString::new(
-            dir.join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Ok(Cgroup { dir, procs })
     }
 }
@@ -71,12 +67,7 @@ impl Cgroup {
 
     fn oom_kills(&self) -> u64 {
         let s = std::fs::read_to_string(self.dir.join("memory.events")).unwrap_or_default();
-        s.lines()
-            .find_map(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
+        s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
     }
 }
 
@@ -170,9 +161,6 @@ pub fn vmstat_oom_kills() -> u64 {
     std::fs::read_to_string("/proc/vmstat")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("oom_kill ")
-                .and_then(|v| v.trim().parse().ok())
-        })
+        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
 }

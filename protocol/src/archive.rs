@@ -15,9 +15,8 @@ pub fn pack<W: Write>(path: &Path, w: W) -> io::Result<W> {
     if meta.is_dir() {
         b.append_dir_all(".", path)?;
     } else {
-        let name = path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+        let name =
+            path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
         b.append_path_with_name(path, name)?;
     }
     b.into_inner()
@@ -65,9 +64,7 @@ pub fn unpack<R: Read>(r: R, dest: &Path) -> io::Result<u64> {
     Ok(count)
 }
 
-fn entry_header_snapshot<R: Read>(
-    entry: &tar::Entry<R>,
-) -> io::Result<(std::path::PathBuf, tar::Header)> {
+fn entry_header_snapshot<R: Read>(entry: &tar::Entry<R>) -> io::Result<(std::path::PathBuf, tar::Header)> {
     Ok((entry.path()?.into_owned(), entry.header().clone()))
 }
 
@@ -88,25 +85,9 @@ fn safe_join(dest: &Path, rel: &Path) -> Option<std::path::PathBuf> {
 fn set_mtime(p: &Path, secs: i64) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
-    let ts = [
-        libc::timespec {
-            tv_sec: secs,
-            tv_nsec: 0,
-        },
-        libc::timespec {
-            tv_sec: secs,
-            tv_nsec: 0,
-        },
-    ];
+    let ts = [libc::timespec { tv_sec: secs, tv_nsec: 0 }, libc::timespec { tv_sec: secs, tv_nsec: 0 }];
     // SAFETY: c is a valid NUL-terminated path and ts points at two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -122,11 +103,7 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
+        HashingWriter { inner, hasher: Sha256::new(), size: 0 }
     }
 
     /// Returns the inner writer, the byte count and the hex SHA-256.
@@ -203,16 +180,10 @@ impl Write for ChunkSender {
 #[allow(clippy::type_complexity)]
 pub fn pack_to_channel(
     path: std::path::PathBuf,
-) -> (
-    tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    tokio::task::JoinHandle<io::Result<(u64, String)>>,
-) {
+) -> (tokio::sync::mpsc::Receiver<bytes::Bytes>, tokio::task::JoinHandle<io::Result<(u64, String)>>) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let task = tokio::task::spawn_blocking(move || {
-        let w = HashingWriter::new(ChunkSender {
-            tx,
-            buf: Vec::with_capacity(crate::DATA_CHUNK),
-        });
+        let w = HashingWriter::new(ChunkSender { tx, buf: Vec::with_capacity(crate::DATA_CHUNK) });
         let w = pack(&path, w)?;
         let (mut inner, size, sha) = w.finish();
         inner.flush()?;
@@ -232,8 +203,7 @@ mod tests {
         let s = src.path();
         std::fs::create_dir_all(s.join("sub/empty")).unwrap();
         std::fs::write(s.join("sub/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
-        std::fs::set_permissions(s.join("sub/run.sh"), std::fs::Permissions::from_mode(0o751))
-            .unwrap();
+        std::fs::set_permissions(s.join("sub/run.sh"), std::fs::Permissions::from_mode(0o751)).unwrap();
         symlink("sub/run.sh", s.join("link")).unwrap();
         symlink("/nonexistent/target", s.join("dangling")).unwrap();
         set_mtime(&s.join("sub/run.sh"), 1_000_000_000).unwrap();
@@ -245,26 +215,14 @@ mod tests {
         let d = dst.path();
         unpack(&buf[..], d).unwrap();
 
-        assert_eq!(
-            std::fs::read(d.join("sub/run.sh")).unwrap(),
-            b"#!/bin/sh\necho hi\n"
-        );
+        assert_eq!(std::fs::read(d.join("sub/run.sh")).unwrap(), b"#!/bin/sh\necho hi\n");
         let m = std::fs::metadata(d.join("sub/run.sh")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o751);
         assert_eq!(m.mtime(), 1_000_000_000);
         assert!(std::fs::metadata(d.join("sub/empty")).unwrap().is_dir());
-        assert_eq!(
-            std::fs::metadata(d.join("sub/empty")).unwrap().mtime(),
-            1_100_000_000
-        );
-        assert_eq!(
-            std::fs::read_link(d.join("link")).unwrap(),
-            Path::new("sub/run.sh")
-        );
-        assert_eq!(
-            std::fs::read_link(d.join("dangling")).unwrap(),
-            Path::new("/nonexistent/target")
-        );
+        assert_eq!(std::fs::metadata(d.join("sub/empty")).unwrap().mtime(), 1_100_000_000);
+        assert_eq!(std::fs::read_link(d.join("link")).unwrap(), Path::new("sub/run.sh"));
+        assert_eq!(std::fs::read_link(d.join("dangling")).unwrap(), Path::new("/nonexistent/target"));
     }
 
     #[test]
@@ -295,9 +253,6 @@ mod tests {
         d.update(&inner[..5]);
         d.update(&inner[5..]);
         assert_eq!(d.finish(), (size, sum.clone()));
-        assert_eq!(
-            sum,
-            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
-        );
+        assert_eq!(sum, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
     }
 }

@@ -52,12 +52,7 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(stream: u32, kind: Kind, flags: u8, body: impl Into<Bytes>) -> Frame {
-        Frame {
-            stream,
-            kind,
-            flags,
-            body: body.into(),
-        }
+        Frame { stream, kind, flags, body: body.into() }
     }
 
     /// Whether the EOF flag is set.
@@ -108,20 +103,13 @@ pub fn decode_all(mut buf: &[u8]) -> Result<(Vec<Frame>, usize), FrameError> {
     let mut frames = Vec::new();
     let mut used = 0;
     while buf.len() >= HEADER_LEN {
-        let header: &[u8; HEADER_LEN] = buf[..HEADER_LEN]
-            .try_into()
-            .expect("slice is HEADER_LEN long");
+        let header: &[u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().expect("slice is HEADER_LEN long");
         let (len, stream, kind, flags) = parse_header(header)?;
         let total = HEADER_LEN + len as usize;
         if buf.len() < total {
             break;
         }
-        frames.push(Frame::new(
-            stream,
-            kind,
-            flags,
-            Bytes::copy_from_slice(&buf[HEADER_LEN..total]),
-        ));
+        frames.push(Frame::new(stream, kind, flags, Bytes::copy_from_slice(&buf[HEADER_LEN..total])));
         buf = &buf[total..];
         used += total;
     }
@@ -146,20 +134,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         if got < HEADER_LEN {
-            return Err(FrameError::Truncated {
-                got,
-                want: HEADER_LEN,
-            });
+            return Err(FrameError::Truncated { got, want: HEADER_LEN });
         }
         let (len, stream, kind, flags) = parse_header(&header)?;
         // Safe to allocate: len <= MAX_BODY was checked above.
         let mut body = vec![0u8; len as usize];
         let got = read_full(&mut self.inner, &mut body).await?;
         if got < body.len() {
-            return Err(FrameError::Truncated {
-                got: HEADER_LEN + got,
-                want: HEADER_LEN + body.len(),
-            });
+            return Err(FrameError::Truncated { got: HEADER_LEN + got, want: HEADER_LEN + body.len() });
         }
         Ok(Some(Frame::new(stream, kind, flags, body)))
     }
@@ -208,10 +190,7 @@ mod tests {
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
     #[test]
@@ -234,10 +213,7 @@ mod tests {
         buf.extend_from_slice(&[0, 0, 0, 1, 1, 0]);
         let mut r = FrameReader::new(&buf[..]);
         let err = rt().block_on(r.read_frame()).unwrap_err();
-        assert!(
-            matches!(err, FrameError::Oversize { len: u32::MAX, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, FrameError::Oversize { len: u32::MAX, .. }), "{err}");
     }
 
     #[test]
@@ -246,10 +222,7 @@ mod tests {
         for cut in 1..full.len() {
             let mut r = FrameReader::new(&full[..cut]);
             let err = rt().block_on(r.read_frame()).unwrap_err();
-            assert!(
-                matches!(err, FrameError::Truncated { .. }),
-                "cut {cut}: {err}"
-            );
+            assert!(matches!(err, FrameError::Truncated { .. }), "cut {cut}: {err}");
         }
         let mut r = FrameReader::new(&full[..0]);
         assert!(rt().block_on(r.read_frame()).unwrap().is_none());

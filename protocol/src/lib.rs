@@ -7,8 +7,6 @@ pub mod frame;
 pub mod message;
 pub mod window;
 
-pub use frame::{
-    Frame, FrameError, FrameReader, FrameWriter, Kind, DATA_CHUNK, FLAG_EOF, MAX_BODY,
-};
+pub use frame::{Frame, FrameError, FrameReader, FrameWriter, Kind, DATA_CHUNK, FLAG_EOF, MAX_BODY};
 pub use message::*;
 pub use window::Window;

@@ -30,10 +30,7 @@ pub enum Message {
     /// Agent to runner on an exec's stream: the process started.
     Started { pid: u32 },
     /// Agent to runner on an exec's stream: the exec could not start.
-    ExecFailed {
-        reason: ExecFailure,
-        message: String,
-    },
+    ExecFailed { reason: ExecFailure, message: String },
     /// Agent to runner on an exec's stream, after all of its output: the end.
     Exit(ExitStatus),
     /// Runner to agent on a running exec's stream: signal its whole tree.
@@ -47,6 +44,9 @@ pub enum Message {
     /// Runner to agent on a fresh stream id: send `path` (a directory or file)
     /// as a tar stream in `Kind::ARCHIVE` frames.
     GetArchive { path: String },
+    /// Agent to runner, first on a GetArchive stream: whether the path is a
+    /// directory (its contents follow) or a single file (it follows by name).
+    ArchiveInfo { is_dir: bool },
     /// Either way, after the last `Kind::ARCHIVE` frame: what was sent.
     ArchiveEnd { size: u64, sha256: String },
     /// Agent to runner: a PutArchive was verified and unpacked.
@@ -210,19 +210,9 @@ mod tests {
     #[test]
     fn test_message_round_trip() {
         let msgs = vec![
-            Message::Exec(Exec {
-                argv: vec!["echo".into(), "hi".into()],
-                stdin: true,
-                ..Default::default()
-            }),
-            Message::Exit(ExitStatus {
-                code: Some(42),
-                ..Default::default()
-            }),
-            Message::Credit {
-                channel: Channel::Stdout,
-                bytes: 4096,
-            },
+            Message::Exec(Exec { argv: vec!["echo".into(), "hi".into()], stdin: true, ..Default::default() }),
+            Message::Exit(ExitStatus { code: Some(42), ..Default::default() }),
+            Message::Credit { channel: Channel::Stdout, bytes: 4096 },
             Message::Shutdown,
             Message::Ready(Ready {
                 agent_version: "0.1.0".into(),
@@ -232,12 +222,7 @@ mod tests {
                 kernel_boot_ms: Some(480),
                 agent_start_ms: 3,
             }),
-            Message::Hello(Hello {
-                version_min: 1,
-                version_max: 2,
-                runner_version: "x".into(),
-                token: "t".into(),
-            }),
+            Message::Hello(Hello { version_min: 1, version_max: 2, runner_version: "x".into(), token: "t".into() }),
         ];
         for m in msgs {
             assert_eq!(Message::from_bytes(&m.to_bytes()).unwrap(), m);

@@ -29,9 +29,7 @@ impl Default for Window {
 
 impl Window {
     pub fn new() -> Window {
-        Window {
-            sem: Arc::new(Semaphore::new(INITIAL_WINDOW as usize)),
-        }
+        Window { sem: Arc::new(Semaphore::new(INITIAL_WINDOW as usize)) }
     }
 
     /// Waits until `n` bytes of credit are available and takes them. Returns
@@ -52,11 +50,7 @@ impl Window {
     pub fn give(&self, n: u32) -> Result<(), CreditOverflow> {
         let have = self.sem.available_permits();
         if have + n as usize > INITIAL_WINDOW as usize {
-            return Err(CreditOverflow {
-                have,
-                add: n,
-                max: INITIAL_WINDOW,
-            });
+            return Err(CreditOverflow { have, add: n, max: INITIAL_WINDOW });
         }
         self.sem.add_permits(n as usize);
         Ok(())

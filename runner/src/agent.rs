@@ -6,9 +6,8 @@
 use bytes::Bytes;
 use cordon_protocol::archive::{pack_to_channel, unpack, StreamDigest};
 use cordon_protocol::{
-    Channel, ErrorCode, Exec, ExecFailure, ExitStatus, Frame, FrameReader, FrameWriter, Hello,
-    Kind, Message, Ready, Window, CONNECTION_STREAM, DATA_CHUNK, FLAG_EOF, VERSION_MAX,
-    VERSION_MIN,
+    Channel, ErrorCode, Exec, ExecFailure, ExitStatus, Frame, FrameReader, FrameWriter, Hello, Kind, Message, Ready,
+    Window, CONNECTION_STREAM, DATA_CHUNK, FLAG_EOF, VERSION_MAX, VERSION_MIN,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,24 +58,16 @@ impl Shared {
     }
 
     async fn msg(&self, stream: u32, m: &Message) -> Result<(), AgentError> {
-        self.send(Frame::new(stream, Kind::CONTROL, 0, m.to_bytes()))
-            .await
+        self.send(Frame::new(stream, Kind::CONTROL, 0, m.to_bytes())).await
     }
 
     fn lost_error(&self) -> AgentError {
         AgentError::Lost(self.lost.lock().expect("lost lock").clone())
     }
 
-    fn register(
-        &self,
-        stream: u32,
-        send_win: Option<(Channel, Window)>,
-    ) -> mpsc::UnboundedReceiver<Inbound> {
+    fn register(&self, stream: u32, send_win: Option<(Channel, Window)>) -> mpsc::UnboundedReceiver<Inbound> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.streams
-            .lock()
-            .expect("streams lock")
-            .insert(stream, Slot { tx, send_win });
+        self.streams.lock().expect("streams lock").insert(stream, Slot { tx, send_win });
         rx
     }
 
@@ -108,21 +99,13 @@ impl Drop for AgentClient {
 
 impl AgentClient {
     /// Waits for Ready, sends Hello with `token`, waits for Welcome.
-    pub async fn connect<S>(
-        io: S,
-        token: &str,
-        deadline: Duration,
-    ) -> Result<AgentClient, AgentError>
+    pub async fn connect<S>(io: S, token: &str, deadline: Duration) -> Result<AgentClient, AgentError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (r, w) = tokio::io::split(io);
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
-        let shared = Arc::new(Shared {
-            out: out_tx,
-            streams: Mutex::new(HashMap::new()),
-            lost: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared { out: out_tx, streams: Mutex::new(HashMap::new()), lost: Mutex::new(None) });
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(w);
             while let Some(f) = out_rx.recv().await {
@@ -166,17 +149,11 @@ impl AgentClient {
             runner_version: env!("CARGO_PKG_VERSION").to_string(),
             token: token.to_string(),
         };
-        self.shared
-            .msg(CONNECTION_STREAM, &Message::Hello(hello))
-            .await?;
+        self.shared.msg(CONNECTION_STREAM, &Message::Hello(hello)).await?;
         match self.next_conn_msg().await? {
             Message::Welcome { version } => self.version = version,
             Message::Error { code, message } => return Err(AgentError::Refused { code, message }),
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "{other:?} instead of welcome"
-                )))
-            }
+            other => return Err(AgentError::Protocol(format!("{other:?} instead of welcome"))),
         }
         Ok(())
     }
@@ -184,10 +161,9 @@ impl AgentClient {
     async fn next_conn_msg(&self) -> Result<Message, AgentError> {
         match self.conn_rx.lock().await.recv().await {
             Some(Inbound::Msg(m)) => Ok(m),
-            Some(Inbound::Data { kind, .. }) => Err(AgentError::Protocol(format!(
-                "data of kind {} on stream 0",
-                kind.0
-            ))),
+            Some(Inbound::Data { kind, .. }) => {
+                Err(AgentError::Protocol(format!("data of kind {} on stream 0", kind.0)))
+            }
             None => Err(self.shared.lost_error()),
         }
     }
@@ -200,44 +176,24 @@ impl AgentClient {
     pub async fn exec(&self, req: Exec) -> Result<ExecHandle, AgentError> {
         let stream = self.alloc_stream();
         let stdin_win = Window::new();
-        let rx = self
-            .shared
-            .register(stream, Some((Channel::Stdin, stdin_win.clone())));
+        let rx = self.shared.register(stream, Some((Channel::Stdin, stdin_win.clone())));
         self.shared.msg(stream, &Message::Exec(req)).await?;
-        Ok(ExecHandle {
-            shared: self.shared.clone(),
-            stream,
-            rx,
-            stdin_win,
-            done: false,
-        })
+        Ok(ExecHandle { shared: self.shared.clone(), stream, rx, stdin_win, done: false })
     }
 
     /// Copies `local` (a directory's contents or a file) into `dest` in the sandbox.
     pub async fn put_archive(&self, local: &Path, dest: &str) -> Result<u64, AgentError> {
         let stream = self.alloc_stream();
         let win = Window::new();
-        let mut rx = self
-            .shared
-            .register(stream, Some((Channel::Archive, win.clone())));
+        let mut rx = self.shared.register(stream, Some((Channel::Archive, win.clone())));
         let res = async {
-            self.shared
-                .msg(
-                    stream,
-                    &Message::PutArchive {
-                        dest: dest.to_string(),
-                    },
-                )
-                .await?;
+            self.shared.msg(stream, &Message::PutArchive { dest: dest.to_string() }).await?;
             let (mut chunks, packer) = pack_to_channel(local.to_path_buf());
             while let Some(c) = chunks.recv().await {
-                self.send_data(stream, Kind::ARCHIVE, &win, c, &mut rx)
-                    .await?;
+                self.send_data(stream, Kind::ARCHIVE, &win, c, &mut rx).await?;
             }
-            let (size, sha256) = packer
-                .await
-                .map_err(|e| AgentError::Io(std::io::Error::other(e)))?
-                .map_err(AgentError::Io)?;
+            let (size, sha256) =
+                packer.await.map_err(|e| AgentError::Io(std::io::Error::other(e)))?.map_err(AgentError::Io)?;
             self.finish_put(stream, size, sha256, &mut rx).await
         }
         .await;
@@ -247,39 +203,16 @@ impl AgentClient {
 
     /// Sends `data` as an archive claiming `size` and `sha256`, for tests of
     /// the agent's verification.
-    pub async fn put_archive_raw(
-        &self,
-        data: &[u8],
-        dest: &str,
-        size: u64,
-        sha256: &str,
-    ) -> Result<u64, AgentError> {
+    pub async fn put_archive_raw(&self, data: &[u8], dest: &str, size: u64, sha256: &str) -> Result<u64, AgentError> {
         let stream = self.alloc_stream();
         let win = Window::new();
-        let mut rx = self
-            .shared
-            .register(stream, Some((Channel::Archive, win.clone())));
+        let mut rx = self.shared.register(stream, Some((Channel::Archive, win.clone())));
         let res = async {
-            self.shared
-                .msg(
-                    stream,
-                    &Message::PutArchive {
-                        dest: dest.to_string(),
-                    },
-                )
-                .await?;
+            self.shared.msg(stream, &Message::PutArchive { dest: dest.to_string() }).await?;
             for c in data.chunks(DATA_CHUNK) {
-                self.send_data(
-                    stream,
-                    Kind::ARCHIVE,
-                    &win,
-                    Bytes::copy_from_slice(c),
-                    &mut rx,
-                )
-                .await?;
+                self.send_data(stream, Kind::ARCHIVE, &win, Bytes::copy_from_slice(c), &mut rx).await?;
             }
-            self.finish_put(stream, size, sha256.to_string(), &mut rx)
-                .await
+            self.finish_put(stream, size, sha256.to_string(), &mut rx).await
         }
         .await;
         self.shared.unregister(stream);
@@ -309,24 +242,35 @@ impl AgentClient {
         sha256: String,
         rx: &mut mpsc::UnboundedReceiver<Inbound>,
     ) -> Result<u64, AgentError> {
-        self.shared
-            .send(Frame::new(stream, Kind::ARCHIVE, FLAG_EOF, Bytes::new()))
-            .await?;
-        self.shared
-            .msg(stream, &Message::ArchiveEnd { size, sha256 })
-            .await?;
+        self.shared.send(Frame::new(stream, Kind::ARCHIVE, FLAG_EOF, Bytes::new())).await?;
+        self.shared.msg(stream, &Message::ArchiveEnd { size, sha256 }).await?;
         match rx.recv().await {
             Some(Inbound::Msg(Message::ArchiveDone { files })) => Ok(files),
             m => Err(unexpected_reply(m, &self.shared)),
         }
     }
 
-    /// Copies `path` from the sandbox into the local directory `dest`, verified.
+    /// Copies `path` from the sandbox into the local directory `dest`,
+    /// verified: a directory's contents land in `dest`, a file as `dest/<name>`.
     pub async fn get_archive(&self, path: &str, dest: &Path) -> Result<u64, AgentError> {
+        self.get_archive_with(path, |_| dest.to_path_buf()).await
+    }
+
+    /// Like `get_archive`, choosing the destination once the agent says
+    /// whether `path` is a directory.
+    pub async fn get_archive_with(
+        &self,
+        path: &str,
+        dest_for: impl FnOnce(bool) -> std::path::PathBuf,
+    ) -> Result<u64, AgentError> {
         let stream = self.alloc_stream();
         let mut rx = self.shared.register(stream, None);
         let res = async {
             self.shared.msg(stream, &Message::GetArchive { path: path.to_string() }).await?;
+            let dest = match rx.recv().await {
+                Some(Inbound::Msg(Message::ArchiveInfo { is_dir })) => dest_for(is_dir),
+                m => return Err(unexpected_reply(m, &self.shared)),
+            };
             let spool = tempfile::NamedTempFile::new().map_err(AgentError::Io)?;
             let mut file = tokio::fs::File::from_std(spool.reopen().map_err(AgentError::Io)?);
             let mut digest = StreamDigest::default();
@@ -351,7 +295,6 @@ impl AgentClient {
                     "received {got_size} bytes sha256 {got_sha}, agent said {size} bytes sha256 {sha256}"
                 )));
             }
-            let dest = dest.to_path_buf();
             tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(spool.path())?;
                 unpack(std::io::BufReader::new(f), &dest)
@@ -367,23 +310,17 @@ impl AgentClient {
 
     /// Asks the agent to stop (as PID 1 it powers the VM off) and waits for its ack.
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), AgentError> {
-        self.shared
-            .msg(CONNECTION_STREAM, &Message::Shutdown)
-            .await?;
+        self.shared.msg(CONNECTION_STREAM, &Message::Shutdown).await?;
         let wait = async {
             loop {
                 match self.next_conn_msg().await? {
                     Message::ShutdownAck => return Ok(()),
-                    Message::Error { code, message } => {
-                        return Err(AgentError::Remote { code, message })
-                    }
+                    Message::Error { code, message } => return Err(AgentError::Remote { code, message }),
                     _ => continue,
                 }
             }
         };
-        tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| AgentError::Timeout(deadline, "shutdown ack"))?
+        tokio::time::timeout(deadline, wait).await.map_err(|_| AgentError::Timeout(deadline, "shutdown ack"))?
     }
 
     /// Sends a raw frame, for tests of the agent's handling of bad input.
@@ -400,13 +337,7 @@ impl AgentClient {
     pub fn raw_stream(&self) -> (u32, RawStream) {
         let stream = self.alloc_stream();
         let rx = self.shared.register(stream, None);
-        (
-            stream,
-            RawStream {
-                rx,
-                shared: self.shared.clone(),
-            },
-        )
+        (stream, RawStream { rx, shared: self.shared.clone() })
     }
 }
 
@@ -430,17 +361,12 @@ impl RawStream {
 
 fn unexpected_reply(m: Option<Inbound>, shared: &Shared) -> AgentError {
     match m {
-        Some(Inbound::Msg(Message::Error {
-            code: ErrorCode::ChecksumMismatch,
-            message,
-        })) => AgentError::ChecksumMismatch(message),
-        Some(Inbound::Msg(Message::Error { code, message })) => {
-            AgentError::Remote { code, message }
+        Some(Inbound::Msg(Message::Error { code: ErrorCode::ChecksumMismatch, message })) => {
+            AgentError::ChecksumMismatch(message)
         }
+        Some(Inbound::Msg(Message::Error { code, message })) => AgentError::Remote { code, message },
         Some(Inbound::Msg(m)) => AgentError::Protocol(format!("{m:?}")),
-        Some(Inbound::Data { kind, .. }) => {
-            AgentError::Protocol(format!("data of kind {}", kind.0))
-        }
+        Some(Inbound::Data { kind, .. }) => AgentError::Protocol(format!("data of kind {}", kind.0)),
         None => shared.lost_error(),
     }
 }
@@ -456,16 +382,9 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: FrameR
             match Message::from_bytes(&f.body) {
                 Ok(Message::Credit { channel, bytes }) => {
                     let streams = shared.streams.lock().expect("streams lock");
-                    if let Some(Slot {
-                        send_win: Some((ch, w)),
-                        ..
-                    }) = streams.get(&f.stream)
-                    {
+                    if let Some(Slot { send_win: Some((ch, w)), .. }) = streams.get(&f.stream) {
                         if *ch == channel && w.give(bytes).is_err() {
-                            tracing::warn!(
-                                stream = f.stream,
-                                "agent granted credit beyond the window"
-                            );
+                            tracing::warn!(stream = f.stream, "agent granted credit beyond the window");
                         }
                     }
                     continue;
@@ -477,10 +396,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: FrameR
                 }
             }
         } else {
-            Inbound::Data {
-                kind: f.kind,
-                body: f.body,
-            }
+            Inbound::Data { kind: f.kind, body: f.body }
         };
         let streams = shared.streams.lock().expect("streams lock");
         if let Some(slot) = streams.get(&f.stream) {
@@ -508,10 +424,7 @@ pub enum ExecEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{message}")]
-    Failed {
-        reason: ExecFailure,
-        message: String,
-    },
+    Failed { reason: ExecFailure, message: String },
     #[error(transparent)]
     Agent(#[from] AgentError),
 }
@@ -550,31 +463,13 @@ impl ExecHandle {
                 return Err(AgentError::Protocol("next_event after exit".into()));
             }
             match self.rx.recv().await {
-                Some(Inbound::Data { kind, body, .. })
-                    if kind == Kind::STDOUT || kind == Kind::STDERR =>
-                {
+                Some(Inbound::Data { kind, body, .. }) if kind == Kind::STDOUT || kind == Kind::STDERR => {
                     if body.is_empty() {
                         continue;
                     }
-                    let channel = if kind == Kind::STDOUT {
-                        Channel::Stdout
-                    } else {
-                        Channel::Stderr
-                    };
-                    self.shared
-                        .msg(
-                            self.stream,
-                            &Message::Credit {
-                                channel,
-                                bytes: body.len() as u32,
-                            },
-                        )
-                        .await?;
-                    return Ok(if kind == Kind::STDOUT {
-                        ExecEvent::Stdout(body)
-                    } else {
-                        ExecEvent::Stderr(body)
-                    });
+                    let channel = if kind == Kind::STDOUT { Channel::Stdout } else { Channel::Stderr };
+                    self.shared.msg(self.stream, &Message::Credit { channel, bytes: body.len() as u32 }).await?;
+                    return Ok(if kind == Kind::STDOUT { ExecEvent::Stdout(body) } else { ExecEvent::Stderr(body) });
                 }
                 Some(Inbound::Msg(Message::Exit(st))) => {
                     self.done = true;
@@ -587,18 +482,12 @@ impl ExecHandle {
 
     /// A cloneable writer for the exec's stdin.
     pub fn stdin(&self) -> StdinWriter {
-        StdinWriter {
-            shared: self.shared.clone(),
-            stream: self.stream,
-            win: self.stdin_win.clone(),
-        }
+        StdinWriter { shared: self.shared.clone(), stream: self.stream, win: self.stdin_win.clone() }
     }
 
     /// Signals the exec's whole process tree.
     pub async fn signal(&self, signal: i32) -> Result<(), AgentError> {
-        self.shared
-            .msg(self.stream, &Message::Signal { signal })
-            .await
+        self.shared.msg(self.stream, &Message::Signal { signal }).await
     }
 
     pub fn stream_id(&self) -> u32 {
@@ -619,21 +508,12 @@ impl StdinWriter {
             if !self.win.take(c.len()).await {
                 return Err(self.shared.lost_error());
             }
-            self.shared
-                .send(Frame::new(
-                    self.stream,
-                    Kind::STDIN,
-                    0,
-                    Bytes::copy_from_slice(c),
-                ))
-                .await?;
+            self.shared.send(Frame::new(self.stream, Kind::STDIN, 0, Bytes::copy_from_slice(c))).await?;
         }
         Ok(())
     }
 
     pub async fn close(&self) -> Result<(), AgentError> {
-        self.shared
-            .send(Frame::new(self.stream, Kind::STDIN, FLAG_EOF, Bytes::new()))
-            .await
+        self.shared.send(Frame::new(self.stream, Kind::STDIN, FLAG_EOF, Bytes::new())).await
     }
 }

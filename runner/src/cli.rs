@@ -27,6 +27,32 @@ pub enum Command {
     Run(RunArgs),
     /// Report what this machine supports and which backend `auto` would pick
     Doctor,
+    /// Build, list and remove guest images
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build an image (only `default` exists: Debian's cloud kernel, busybox, the agent)
+    Build {
+        /// Image name
+        #[arg(default_value = "default")]
+        name: String,
+        /// Download the kernel package again even when one is cached
+        #[arg(long)]
+        refresh: bool,
+        /// The static guest agent to put in the image
+        #[arg(long, env = "CORDON_AGENT", hide = true)]
+        agent: Option<PathBuf>,
+    },
+    /// List cached images
+    Ls,
+    /// Remove images by name or id
+    Rm {
+        /// Name or id
+        which: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -19,49 +19,27 @@ pub fn checks() -> Vec<Check> {
             Err(e) => e.to_string(),
         },
     });
-    let kvm_open = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let kvm_open = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let virt_flags = cpuinfo
-        .lines()
-        .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    let virt_flags = cpuinfo.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
     v.push(Check {
         name: "kvm",
         ok: kvm_open && virt_flags,
         detail: match (kvm_open, virt_flags) {
             (true, true) => "/dev/kvm opens and the CPU shows vmx/svm".into(),
-            (true, false) => {
-                "/dev/kvm opens but the CPU shows no vmx/svm (nested/paravirtual KVM): not used"
-                    .into()
-            }
+            (true, false) => "/dev/kvm opens but the CPU shows no vmx/svm (nested/paravirtual KVM): not used".into(),
             (false, _) => "/dev/kvm cannot be opened".into(),
         },
     });
     let cg = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    v.push(Check {
-        name: "cgroup v2",
-        ok: cg,
-        detail: if cg {
-            "mounted".into()
-        } else {
-            "not mounted".into()
-        },
-    });
+    v.push(Check { name: "cgroup v2", ok: cg, detail: if cg { "mounted".into() } else { "not mounted".into() } });
     v
 }
 
 pub fn print() {
     println!("cordon {}", env!("CARGO_PKG_VERSION"));
     for c in checks() {
-        println!(
-            "{:<4} {:<14} {}",
-            if c.ok { "ok" } else { "--" },
-            c.name,
-            c.detail
-        );
+        println!("{:<4} {:<14} {}", if c.ok { "ok" } else { "--" }, c.name, c.detail);
     }
     println!("auto   no isolating backend in this build yet; only --isolation local-agent (no isolation) runs");
 }

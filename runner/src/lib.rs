@@ -7,6 +7,7 @@ pub mod cli;
 pub mod doctor;
 pub mod duration;
 pub mod exit;
+pub mod image;
 pub mod plan;
 pub mod run;
 

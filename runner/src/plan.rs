@@ -36,9 +36,7 @@ pub enum PlanError {
 
 pub fn parse_env(s: &str) -> Result<(String, String), PlanError> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
-            Ok((k.to_string(), v.to_string()))
-        }
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => Ok((k.to_string(), v.to_string())),
         _ => Err(PlanError::BadEnv(s.to_string())),
     }
 }
@@ -48,26 +46,11 @@ impl Plan {
         if a.command.is_empty() {
             return Err(PlanError::NoCommand);
         }
-        let env = a
-            .env
-            .iter()
-            .map(|e| parse_env(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        let timeout = a
-            .timeout
-            .as_deref()
-            .map(crate::duration::parse)
-            .transpose()
-            .map_err(PlanError::BadTimeout)?;
+        let env = a.env.iter().map(|e| parse_env(e)).collect::<Result<Vec<_>, _>>()?;
+        let timeout = a.timeout.as_deref().map(crate::duration::parse).transpose().map_err(PlanError::BadTimeout)?;
         Ok(Plan {
             isolation: a.isolation,
-            steps: vec![Step {
-                name: "command".into(),
-                argv: a.command.clone(),
-                env,
-                cwd: a.cwd.clone(),
-                timeout,
-            }],
+            steps: vec![Step { name: "command".into(), argv: a.command.clone(), env, cwd: a.cwd.clone(), timeout }],
             stdin: !a.no_stdin,
             json: a.json,
             agent: a.agent.clone(),
@@ -91,16 +74,7 @@ mod tests {
 
     #[test]
     fn test_from_args_valid() {
-        let p = Plan::from_args(&args(&[
-            "--timeout",
-            "5s",
-            "-e",
-            "A=b=c",
-            "--",
-            "echo",
-            "hi",
-        ]))
-        .unwrap();
+        let p = Plan::from_args(&args(&["--timeout", "5s", "-e", "A=b=c", "--", "echo", "hi"])).unwrap();
         assert_eq!(p.steps[0].argv, vec!["echo", "hi"]);
         assert_eq!(p.steps[0].env, vec![("A".to_string(), "b=c".to_string())]);
         assert_eq!(p.steps[0].timeout, Some(Duration::from_secs(5)));
@@ -110,13 +84,7 @@ mod tests {
     #[test]
     fn test_from_args_errors() {
         assert_eq!(Plan::from_args(&args(&[])), Err(PlanError::NoCommand));
-        assert_eq!(
-            Plan::from_args(&args(&["-e", "=x", "--", "true"])),
-            Err(PlanError::BadEnv("=x".into()))
-        );
-        assert!(matches!(
-            Plan::from_args(&args(&["--timeout", "soon", "--", "true"])),
-            Err(PlanError::BadTimeout(_))
-        ));
+        assert_eq!(Plan::from_args(&args(&["-e", "=x", "--", "true"])), Err(PlanError::BadEnv("=x".into())));
+        assert!(matches!(Plan::from_args(&args(&["--timeout", "soon", "--", "true"])), Err(PlanError::BadTimeout(_))));
     }
 }

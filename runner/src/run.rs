@@ -28,8 +28,9 @@ pub enum RunError {
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Backend(BackendError::Unavailable(..))
-            | RunError::Backend(BackendError::NoAgent(_)) => exit::BACKEND_UNAVAILABLE,
+            RunError::Backend(BackendError::Unavailable(..)) | RunError::Backend(BackendError::NoAgent(_)) => {
+                exit::BACKEND_UNAVAILABLE
+            }
             RunError::Backend(BackendError::Connect(_)) => exit::BOOT_FAILED,
             RunError::Backend(BackendError::Spawn { .. }) => exit::INTERNAL,
             RunError::Agent(_) => exit::AGENT_LOST,
@@ -60,15 +61,8 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Output)?;
     let mut code = 0u8;
     for step in &plan.steps {
-        let end = run_step(
-            &sandbox,
-            step,
-            plan.stdin && plan.steps.len() == 1,
-            &mut out,
-            &mut sigint,
-            &mut sigterm,
-        )
-        .await?;
+        let end =
+            run_step(&sandbox, step, plan.stdin && plan.steps.len() == 1, &mut out, &mut sigint, &mut sigterm).await?;
         code = match &end {
             StepEnd::Exited(st) if st.timed_out => exit::TIMED_OUT,
             StepEnd::Exited(st) => match (st.code, st.signal) {
@@ -78,10 +72,9 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
             },
             StepEnd::StartFailed(ExecFailure::NotFound, _) => exit::NOT_FOUND,
             StepEnd::StartFailed(ExecFailure::PermissionDenied, _) => exit::CANNOT_EXECUTE,
-            StepEnd::StartFailed(
-                ExecFailure::BadCwd | ExecFailure::BadUser | ExecFailure::BadRequest,
-                _,
-            ) => exit::BAD_CONFIG,
+            StepEnd::StartFailed(ExecFailure::BadCwd | ExecFailure::BadUser | ExecFailure::BadRequest, _) => {
+                exit::BAD_CONFIG
+            }
             StepEnd::StartFailed(ExecFailure::Other, _) => exit::CANNOT_EXECUTE,
             StepEnd::Cancelled(sig, _) => exit::for_signal(*sig),
         };
@@ -132,15 +125,11 @@ async fn run_step(
     let mut h: ExecHandle = sb.client.exec(req).await?;
     let pid = match h.started().await {
         Ok(pid) => pid,
-        Err(StartError::Failed { reason, message }) => {
-            return Ok(StepEnd::StartFailed(reason, message))
-        }
+        Err(StartError::Failed { reason, message }) => return Ok(StepEnd::StartFailed(reason, message)),
         Err(StartError::Agent(e)) => return Err(e.into()),
     };
     if out.json {
-        out.event(
-            json!({"event": "step_started", "step": step.name, "argv": step.argv, "pid": pid}),
-        )?;
+        out.event(json!({"event": "step_started", "step": step.name, "argv": step.argv, "pid": pid}))?;
     }
     let stdin_task = forward_stdin.then(|| {
         let w = h.stdin();
@@ -214,10 +203,7 @@ fn report_step(out: &mut Output, step: &Step, end: &StepEnd, code: u8) -> Result
                     step.name, st.wall_ms
                 );
             } else if st.oom_killed {
-                eprintln!(
-                    "cordon: step {:?} was killed by the out-of-memory killer",
-                    step.name
-                );
+                eprintln!("cordon: step {:?} was killed by the out-of-memory killer", step.name);
             } else if let Some(sig) = st.signal {
                 eprintln!("cordon: step {:?} was killed by signal {sig}", step.name);
             }
@@ -265,9 +251,7 @@ impl Output {
     fn event(&mut self, v: serde_json::Value) -> Result<(), RunError> {
         let mut o = std::io::stdout().lock();
         serde_json::to_writer(&mut o, &v).map_err(|e| RunError::Output(e.into()))?;
-        o.write_all(b"\n")
-            .and_then(|_| o.flush())
-            .map_err(RunError::Output)
+        o.write_all(b"\n").and_then(|_| o.flush()).map_err(RunError::Output)
     }
 }
 

@@ -5,37 +5,21 @@ mod common;
 
 use common::*;
 use cordon_protocol::frame::{encode, HEADER_LEN};
-use cordon_protocol::{
-    ErrorCode, Frame, FrameReader, Hello, Kind, Message, VERSION_MAX, VERSION_MIN,
-};
+use cordon_protocol::{ErrorCode, Frame, FrameReader, Hello, Kind, Message, VERSION_MAX, VERSION_MIN};
 use std::io::{Read, Write};
 use std::time::Duration;
 
 fn hello(token: &str) -> Vec<u8> {
-    let h = Hello {
-        version_min: VERSION_MIN,
-        version_max: VERSION_MAX,
-        runner_version: "t".into(),
-        token: token.into(),
-    };
-    encode(&Frame::new(
-        0,
-        Kind::CONTROL,
-        0,
-        Message::Hello(h).to_bytes(),
-    ))
-    .unwrap()
+    let h =
+        Hello { version_min: VERSION_MIN, version_max: VERSION_MAX, runner_version: "t".into(), token: token.into() };
+    encode(&Frame::new(0, Kind::CONTROL, 0, Message::Hello(h).to_bytes())).unwrap()
 }
 
 /// Reads frames until `want` matches or the agent closes; returns the messages.
 fn read_messages(sock: &mut std::os::unix::net::UnixStream, max: usize) -> Vec<Message> {
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = Vec::new();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut buf = Vec::new();
     let mut tmp = [0u8; 65536];
     while out.len() < max {
@@ -76,16 +60,7 @@ fn test_hostile_bad_token_refused() {
     s.write_all(&hello("wrong")).unwrap();
     let msgs = read_messages(&mut s, 2);
     assert!(matches!(msgs[0], Message::Ready(_)));
-    assert!(
-        matches!(
-            msgs[1],
-            Message::Error {
-                code: ErrorCode::BadToken,
-                ..
-            }
-        ),
-        "{msgs:?}"
-    );
+    assert!(matches!(msgs[1], Message::Error { code: ErrorCode::BadToken, .. }), "{msgs:?}");
     drop(s);
     assert_clean_exit(&mut child);
 }
@@ -93,33 +68,10 @@ fn test_hostile_bad_token_refused() {
 #[test]
 fn test_hostile_no_common_version_refused() {
     let (mut s, mut child) = spawn_raw_agent("t");
-    let h = Hello {
-        version_min: 90,
-        version_max: 99,
-        runner_version: "t".into(),
-        token: "t".into(),
-    };
-    s.write_all(
-        &encode(&Frame::new(
-            0,
-            Kind::CONTROL,
-            0,
-            Message::Hello(h).to_bytes(),
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let h = Hello { version_min: 90, version_max: 99, runner_version: "t".into(), token: "t".into() };
+    s.write_all(&encode(&Frame::new(0, Kind::CONTROL, 0, Message::Hello(h).to_bytes())).unwrap()).unwrap();
     let msgs = read_messages(&mut s, 2);
-    assert!(
-        matches!(
-            msgs[1],
-            Message::Error {
-                code: ErrorCode::NoCommonVersion,
-                ..
-            }
-        ),
-        "{msgs:?}"
-    );
+    assert!(matches!(msgs[1], Message::Error { code: ErrorCode::NoCommonVersion, .. }), "{msgs:?}");
     drop(s);
     assert_clean_exit(&mut child);
 }
@@ -132,15 +84,7 @@ fn test_hostile_unknown_kind_and_bad_json_get_error_replies() {
     assert!(matches!(msgs[1], Message::Welcome { .. }), "{msgs:?}");
     let mut bad = Vec::new();
     bad.extend(encode(&Frame::new(5, Kind(99), 0, &b"??"[..])).unwrap());
-    bad.extend(
-        encode(&Frame::new(
-            6,
-            Kind::CONTROL,
-            0,
-            &br#"{"type":"teleport"}"#[..],
-        ))
-        .unwrap(),
-    );
+    bad.extend(encode(&Frame::new(6, Kind::CONTROL, 0, &br#"{"type":"teleport"}"#[..])).unwrap());
     bad.extend(encode(&Frame::new(7, Kind::CONTROL, 0, &b"\xff\xfe"[..])).unwrap());
     bad.extend(encode(&Frame::new(8, Kind::STDIN, 0, &b"to nobody"[..])).unwrap());
     bad.extend(
@@ -148,23 +92,11 @@ fn test_hostile_unknown_kind_and_bad_json_get_error_replies() {
             0,
             Kind::CONTROL,
             0,
-            Message::Credit {
-                channel: cordon_protocol::Channel::Stdout,
-                bytes: u32::MAX,
-            }
-            .to_bytes(),
+            Message::Credit { channel: cordon_protocol::Channel::Stdout, bytes: u32::MAX }.to_bytes(),
         ))
         .unwrap(),
     );
-    bad.extend(
-        encode(&Frame::new(
-            9,
-            Kind::CONTROL,
-            0,
-            Message::Exit(Default::default()).to_bytes(),
-        ))
-        .unwrap(),
-    );
+    bad.extend(encode(&Frame::new(9, Kind::CONTROL, 0, Message::Exit(Default::default()).to_bytes())).unwrap());
     s.write_all(&bad).unwrap();
     let msgs = read_messages(&mut s, 5);
     let codes: Vec<_> = msgs
@@ -186,18 +118,10 @@ fn test_hostile_unknown_kind_and_bad_json_get_error_replies() {
         "{msgs:?}"
     );
     // The connection still works after all that.
-    let exec = Message::Exec(cordon_protocol::Exec {
-        argv: vec!["true".into()],
-        ..Default::default()
-    });
-    s.write_all(&encode(&Frame::new(10, Kind::CONTROL, 0, exec.to_bytes())).unwrap())
-        .unwrap();
+    let exec = Message::Exec(cordon_protocol::Exec { argv: vec!["true".into()], ..Default::default() });
+    s.write_all(&encode(&Frame::new(10, Kind::CONTROL, 0, exec.to_bytes())).unwrap()).unwrap();
     let msgs = read_messages(&mut s, 3);
-    assert!(
-        msgs.iter()
-            .any(|m| matches!(m, Message::Exit(st) if st.code == Some(0))),
-        "{msgs:?}"
-    );
+    assert!(msgs.iter().any(|m| matches!(m, Message::Exit(st) if st.code == Some(0))), "{msgs:?}");
     drop(s);
     assert_clean_exit(&mut child);
 }
@@ -212,16 +136,7 @@ fn test_hostile_oversize_length_closes_without_allocating() {
     f.extend_from_slice(&[0, 0, 0, 1, 1, 0]);
     s.write_all(&f).unwrap();
     let msgs = read_messages(&mut s, 1);
-    assert!(
-        matches!(
-            msgs.first(),
-            Some(Message::Error {
-                code: ErrorCode::BadMessage,
-                ..
-            })
-        ),
-        "{msgs:?}"
-    );
+    assert!(matches!(msgs.first(), Some(Message::Error { code: ErrorCode::BadMessage, .. })), "{msgs:?}");
     assert_clean_exit(&mut child);
 }
 
@@ -230,13 +145,7 @@ fn test_hostile_truncated_frame_then_close() {
     let (mut s, mut child) = spawn_raw_agent("t");
     s.write_all(&hello("t")).unwrap();
     let _ = read_messages(&mut s, 2);
-    let full = encode(&Frame::new(
-        3,
-        Kind::CONTROL,
-        0,
-        &b"{\"type\":\"shutdown\"}"[..],
-    ))
-    .unwrap();
+    let full = encode(&Frame::new(3, Kind::CONTROL, 0, &b"{\"type\":\"shutdown\"}"[..])).unwrap();
     s.write_all(&full[..full.len() - 4]).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert_clean_exit(&mut child);

@@ -14,15 +14,7 @@ fn cordon() -> Command {
 #[test]
 fn test_cli_run_local_agent_output_and_exit_code() {
     let out = cordon()
-        .args([
-            "run",
-            "--isolation",
-            "local-agent",
-            "--",
-            "sh",
-            "-c",
-            "echo hi; echo oops >&2; exit 3",
-        ])
+        .args(["run", "--isolation", "local-agent", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -30,24 +22,13 @@ fn test_cli_run_local_agent_output_and_exit_code() {
     assert_eq!(out.stdout, b"hi\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("oops"), "{err}");
-    assert!(
-        err.contains("NO ISOLATION"),
-        "local-agent must say it isolates nothing: {err}"
-    );
+    assert!(err.contains("NO ISOLATION"), "local-agent must say it isolates nothing: {err}");
 }
 
 #[test]
 fn test_cli_stdin_is_forwarded() {
     let mut child = cordon()
-        .args([
-            "run",
-            "--isolation",
-            "local-agent",
-            "--",
-            "tr",
-            "a-z",
-            "A-Z",
-        ])
+        .args(["run", "--isolation", "local-agent", "--", "tr", "a-z", "A-Z"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -65,19 +46,10 @@ fn test_cli_exit_codes_for_failures() {
     let code = |args: &[&str]| {
         let mut full = vec!["run", "--isolation", "local-agent"];
         full.extend_from_slice(args);
-        cordon()
-            .args(full)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-            .status
-            .code()
+        cordon().args(full).stdin(Stdio::null()).output().unwrap().status.code()
     };
     assert_eq!(code(&["--", "no-such-command-here"]), Some(127));
-    assert_eq!(
-        code(&["--timeout", "300ms", "--", "sleep", "30"]),
-        Some(124)
-    );
+    assert_eq!(code(&["--timeout", "300ms", "--", "sleep", "30"]), Some(124));
     assert_eq!(code(&["--", "sh", "-c", "kill -KILL $$"]), Some(137));
     assert_eq!(code(&["--cwd", "/no/such/dir", "--", "true"]), Some(120));
     assert_eq!(code(&["--timeout", "soon", "--", "true"]), Some(120));
@@ -86,11 +58,7 @@ fn test_cli_exit_codes_for_failures() {
 
 #[test]
 fn test_cli_auto_refuses_to_run_unisolated() {
-    let out = cordon()
-        .args(["run", "--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = cordon().args(["run", "--", "true"]).stdin(Stdio::null()).output().unwrap();
     assert_eq!(out.status.code(), Some(121));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not available"), "{err}");
@@ -99,39 +67,15 @@ fn test_cli_auto_refuses_to_run_unisolated() {
 #[test]
 fn test_cli_json_events() {
     let out = cordon()
-        .args([
-            "run",
-            "--isolation",
-            "local-agent",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "printf 'a\\n'; exit 5",
-        ])
+        .args(["run", "--isolation", "local-agent", "--json", "--", "sh", "-c", "printf 'a\\n'; exit 5"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
-    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            "sandbox_ready",
-            "step_started",
-            "output",
-            "step_exited",
-            "run_finished"
-        ]
-    );
+    let events: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["sandbox_ready", "step_started", "output", "step_exited", "run_finished"]);
     assert_eq!(events[2]["data"], "a\n");
     assert_eq!(events[3]["exit_code"], 5);
     assert_eq!(events[4]["exit_code"], 5);

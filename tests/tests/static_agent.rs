@@ -13,9 +13,6 @@ fn test_agent_binary_has_no_elf_interpreter() {
     assert!(phnum > 0);
     for i in 0..phnum {
         let p_type = u32::from_le_bytes(bin[phoff + i * phentsize..][..4].try_into().unwrap());
-        assert_ne!(
-            p_type, 3,
-            "PT_INTERP found: the agent is dynamically linked"
-        );
+        assert_ne!(p_type, 3, "PT_INTERP found: the agent is dynamically linked");
     }
 }

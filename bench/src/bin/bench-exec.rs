@@ -21,7 +21,17 @@ fn main() {
     let through = time_cmd(
         Command::new(&cordon_bin)
             .env("CORDON_AGENT", static_agent())
-            .args(["run", "--isolation", "local-agent", "--no-stdin", "--", "head", "-c", &BYTES.to_string(), "/dev/zero"])
+            .args([
+                "run",
+                "--isolation",
+                "local-agent",
+                "--no-stdin",
+                "--",
+                "head",
+                "-c",
+                &BYTES.to_string(),
+                "/dev/zero",
+            ])
             .stderr(Stdio::null()),
     );
     let mib = BYTES as f64 / (1 << 20) as f64;

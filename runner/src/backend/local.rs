@@ -23,19 +23,13 @@ impl Drop for Guard {
 
 pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     let agent = find_agent(plan.agent.as_deref())?;
-    let (ours, theirs) =
-        std::os::unix::net::UnixStream::pair().map_err(|source| BackendError::Spawn {
-            what: "socketpair".into(),
-            source,
-        })?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
     let theirs = OwnedFd::from(theirs);
     let fd = theirs.as_raw_fd();
     let token = new_token();
     let mut cmd = std::process::Command::new(&agent);
-    cmd.arg("--listen")
-        .arg("fd:3")
-        .env("CORDON_AGENT_TOKEN", &token)
-        .stdin(std::process::Stdio::null());
+    cmd.arg("--listen").arg("fd:3").env("CORDON_AGENT_TOKEN", &token).stdin(std::process::Stdio::null());
     // SAFETY: async-signal-safe calls only (dup2, fcntl, prctl, getppid).
     unsafe {
         cmd.pre_exec(move || {
@@ -52,28 +46,15 @@ pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     }
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    let child = cmd.spawn().map_err(|source| BackendError::Spawn {
-        what: agent.display().to_string(),
-        source,
-    })?;
+    let child = cmd.spawn().map_err(|source| BackendError::Spawn { what: agent.display().to_string(), source })?;
     drop(theirs);
-    ours.set_nonblocking(true)
-        .map_err(|source| BackendError::Spawn {
-            what: "socketpair".into(),
-            source,
-        })?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(|source| BackendError::Spawn {
-        what: "socketpair".into(),
-        source,
-    })?;
-    let client = AgentClient::connect(stream, &token, Duration::from_secs(10))
-        .await
-        .map_err(BackendError::Connect)?;
+    ours.set_nonblocking(true).map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
+    let stream = tokio::net::UnixStream::from_std(ours)
+        .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
+    let client = AgentClient::connect(stream, &token, Duration::from_secs(10)).await.map_err(BackendError::Connect)?;
     Ok(Sandbox {
         client,
-        description:
-            "local-agent (development backend: NO ISOLATION, steps run as plain host processes)"
-                .into(),
+        description: "local-agent (development backend: NO ISOLATION, steps run as plain host processes)".into(),
         guard: Box::new(Guard { child }),
     })
 }

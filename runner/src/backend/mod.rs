@@ -38,10 +38,7 @@ pub fn new_token() -> String {
     // SAFETY: b is a valid 16-byte buffer.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != b.len() as isize {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         b.copy_from_slice(&(t ^ ((std::process::id() as u128) << 64)).to_le_bytes());
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -51,11 +48,7 @@ pub fn new_token() -> String {
 /// static build under the workspace's target directory.
 pub fn find_agent(explicit: Option<&std::path::Path>) -> Result<std::path::PathBuf, BackendError> {
     if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(BackendError::NoAgent(p.display().to_string()))
-        };
+        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(BackendError::NoAgent(p.display().to_string())) };
     }
     let mut tried = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
@@ -63,14 +56,8 @@ pub fn find_agent(explicit: Option<&std::path::Path>) -> Result<std::path::PathB
             let mut candidates = vec![dir.join("cordon-agent")];
             // target/{debug,release}/cordon -> target/agent/<triple>/release/cordon-agent
             if let Some(target) = dir.parent() {
-                candidates.insert(
-                    0,
-                    target
-                        .join("agent")
-                        .join(crate::AGENT_TRIPLE)
-                        .join("release")
-                        .join("cordon-agent"),
-                );
+                candidates
+                    .insert(0, target.join("agent").join(crate::AGENT_TRIPLE).join("release").join("cordon-agent"));
             }
             for c in candidates {
                 if c.is_file() {

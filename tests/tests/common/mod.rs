@@ -12,19 +12,12 @@ use std::time::Duration;
 /// target/debug (or release), from the test executable's own path.
 pub fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    exe.parent().and_then(|p| p.parent()).expect("test binary lives in target/<profile>/deps").to_path_buf()
 }
 
 pub fn cordon_bin() -> PathBuf {
     let p = target_profile_dir().join("cordon");
-    assert!(
-        p.is_file(),
-        "{} missing: run `cargo build --workspace` first (scripts/test.sh does)",
-        p.display()
-    );
+    assert!(p.is_file(), "{} missing: run `cargo build --workspace` first (scripts/test.sh does)", p.display());
     p
 }
 
@@ -40,11 +33,7 @@ pub fn static_agent_bin() -> PathBuf {
         .join(cordon::AGENT_TRIPLE)
         .join("release")
         .join("cordon-agent");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-agent.sh first (scripts/test.sh does)",
-        p.display()
-    );
+    assert!(p.is_file(), "{} missing: run scripts/build-agent.sh first (scripts/test.sh does)", p.display());
     p
 }
 
@@ -69,9 +58,7 @@ pub fn spawn_raw_agent(token: &str) -> (std::os::unix::net::UnixStream, std::pro
     let theirs = OwnedFd::from(theirs);
     let fd = theirs.as_raw_fd();
     let mut cmd = std::process::Command::new(static_agent_bin());
-    cmd.args(["--listen", "fd:3"])
-        .env("CORDON_AGENT_TOKEN", token)
-        .env("CORDON_AGENT_LOG", "warn");
+    cmd.args(["--listen", "fd:3"]).env("CORDON_AGENT_TOKEN", token).env("CORDON_AGENT_LOG", "warn");
     // SAFETY: dup2/fcntl/prctl are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
@@ -90,20 +77,12 @@ pub async fn spawn_agent() -> Agent {
     let (sock, child) = spawn_raw_agent("test-token");
     sock.set_nonblocking(true).unwrap();
     let stream = tokio::net::UnixStream::from_std(sock).unwrap();
-    let client = AgentClient::connect(stream, "test-token", Duration::from_secs(10))
-        .await
-        .expect("agent handshake");
-    Agent {
-        client,
-        child: ChildGuard(child),
-    }
+    let client = AgentClient::connect(stream, "test-token", Duration::from_secs(10)).await.expect("agent handshake");
+    Agent { client, child: ChildGuard(child) }
 }
 
 pub fn exec(argv: &[&str]) -> Exec {
-    Exec {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
+    Exec { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
 }
 
 pub struct Collected {
@@ -118,13 +97,7 @@ pub async fn collect(h: &mut ExecHandle) -> Collected {
         match h.next_event().await.expect("exec event") {
             ExecEvent::Stdout(b) => stdout.extend_from_slice(&b),
             ExecEvent::Stderr(b) => stderr.extend_from_slice(&b),
-            ExecEvent::Exit(status) => {
-                return Collected {
-                    stdout,
-                    stderr,
-                    status,
-                }
-            }
+            ExecEvent::Exit(status) => return Collected { stdout, stderr, status },
         }
     }
 }
@@ -138,11 +111,7 @@ pub async fn run(client: &AgentClient, req: Exec) -> Collected {
 /// Whether `pid` is a live (non-zombie) process.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !matches!(
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next()),
-            Some("Z") | Some("X")
-        ),
+        Ok(s) => !matches!(s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z") | Some("X")),
         Err(_) => false,
     }
 }
