@@ -17,8 +17,8 @@ impl CgroupRoot {
     pub fn probe(dir: &Path) -> Option<CgroupRoot> {
         let procs = dir.join("cgroup.procs");
         // cgroup.kill exists in child cgroups only, so it is not checked here.
-        let ok = dir.join("cgroup.controllers").exists()
-            && std::fs::OpenOptions::new().write(true).open(&procs).is_ok();
+        let ok =
+            dir.join("cgroup.controllers").exists() && std::fs::OpenOptions::new().write(true).open(&procs).is_ok();
         ok.then(|| CgroupRoot(dir.to_path_buf()))
     }
 

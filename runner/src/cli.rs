@@ -3,6 +3,10 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+use crate::plan::NetMode;
+use crate::vm::accel::AccelChoice;
+use crate::vm::control::ControlChoice;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cordon",
@@ -57,27 +61,70 @@ pub enum ImageCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Where to run: auto (VM with an accelerator, else namespaces), vm,
-    /// namespace, or local-agent (development only: NO ISOLATION, the command
-    /// runs as a plain host process)
+    /// A job file (cordon.toml) with steps, workspace and artifacts
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Where to run: auto (the VM when a hardware accelerator is usable or
+    /// --accel names one, else namespaces), vm, namespace, or local-agent
+    /// (development only: NO ISOLATION, the command runs as a host process)
     #[arg(long, value_enum, default_value_t = Isolation::Auto)]
     pub isolation: Isolation,
+    /// VM accelerator: auto (KVM when /dev/kvm opens and the CPU shows
+    /// vmx/svm, HVF on macOS), kvm, hvf, or tcg (emulation, slow but works anywhere)
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// Control channel to the guest agent: auto (vsock when available, else
+    /// virtio-serial), vsock, serial. Never the guest network.
+    #[arg(long, value_enum, default_value_t = ControlChoice::Auto)]
+    pub control: ControlChoice,
+    /// Guest network: none (default: a NIC with no egress) or off (no NIC)
+    #[arg(long, value_enum)]
+    pub net: Option<NetMode>,
+    /// Guest image (only `default`: Debian's cloud kernel, busybox, the agent)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// vCPUs (default: what this process's cgroup allows, at most 2)
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Guest memory, e.g. 512M or 2G (default: a quarter of what is available)
+    #[arg(long)]
+    pub memory: Option<String>,
     /// Kill the step's whole process tree after this long (500ms, 30s, 5m, 2h)
     #[arg(long)]
     pub timeout: Option<String>,
-    /// Set an environment variable for the step (repeatable)
+    /// Give up on the whole job after this long (steps, copies, everything)
+    #[arg(long)]
+    pub job_timeout: Option<String>,
+    /// Give up if the sandbox is not ready after this long (default 20s, 90s under tcg)
+    #[arg(long)]
+    pub boot_timeout: Option<String>,
+    /// Set an environment variable for the steps (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Working directory of the step inside the sandbox
+    /// Working directory of the step inside the sandbox (default /workspace
+    /// with a workspace, else /)
     #[arg(long)]
     pub cwd: Option<String>,
+    /// Host directory copied into the sandbox at /workspace before the steps
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+    /// A sandbox path (relative to /workspace, or absolute) copied out after
+    /// the steps (repeatable)
+    #[arg(long = "artifact", value_name = "PATH")]
+    pub artifacts: Vec<String>,
+    /// Where artifacts land on the host (default ./cordon-artifacts)
+    #[arg(long)]
+    pub artifacts_dir: Option<PathBuf>,
     /// Do not forward cordon's stdin to the step (it gets /dev/null)
     #[arg(long)]
     pub no_stdin: bool,
     /// Emit one JSON event per line on stdout instead of the raw output
     #[arg(long)]
     pub json: bool,
-    /// The guest agent binary (default: next to cordon, then the static build)
+    /// Prefix every output line with `[step] `
+    #[arg(long)]
+    pub prefix: bool,
+    /// The guest agent binary (default: the static build beside cordon)
     #[arg(long, env = "CORDON_AGENT", hide = true)]
     pub agent: Option<PathBuf>,
     /// The command and its arguments

@@ -8,8 +8,13 @@ pub mod doctor;
 pub mod duration;
 pub mod exit;
 pub mod image;
+pub mod janitor;
+pub mod job;
 pub mod plan;
+pub mod procs;
+pub mod resources;
 pub mod run;
+pub mod vm;
 
 /// Target triple of the static guest agent build (scripts/build-agent.sh).
 pub const AGENT_TRIPLE: &str = "x86_64-unknown-linux-gnu";

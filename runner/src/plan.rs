@@ -1,9 +1,16 @@
-//! The validated form of a job. Code that takes a Plan never re-checks it.
+//! The validated form of a job: flags and cordon.toml merged (flags win),
+//! every value checked once. Code that takes a Plan never re-checks it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{Isolation, RunArgs};
+use crate::job::{JobFile, StepFile};
+use crate::vm::accel::AccelChoice;
+use crate::vm::control::ControlChoice;
+
+/// Where the workspace lives in the guest.
+pub const GUEST_WORKSPACE: &str = "/workspace";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -14,45 +21,213 @@ pub struct Step {
     pub timeout: Option<Duration>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetMode {
+    /// No network interface at all.
+    Off,
+    /// A network interface with no egress (the default).
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub isolation: Isolation,
+    pub accel: AccelChoice,
+    pub control: ControlChoice,
+    pub net: NetMode,
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub boot_timeout: Option<Duration>,
+    pub job_timeout: Option<Duration>,
+    pub workspace: Option<PathBuf>,
+    /// Guest paths, absolute (relative ones were joined to /workspace).
+    pub artifacts: Vec<String>,
+    pub artifacts_dir: PathBuf,
     pub steps: Vec<Step>,
     /// Forward cordon's stdin to the (single) step.
     pub stdin: bool,
     pub json: bool,
+    /// Prefix each output line with the step name.
+    pub prefix: bool,
     pub agent: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("no command given: use `cordon run [OPTIONS] -- CMD [ARGS...]`")]
+    #[error("no command given: use `cordon run [OPTIONS] -- CMD [ARGS...]` or `cordon run -f cordon.toml`")]
     NoCommand,
-    #[error("invalid --env {0:?}: expected KEY=VALUE with a non-empty KEY")]
+    #[error("give either a job file (-f) or a command after --, not both")]
+    FileAndCommand,
+    #[error("reading job file {0}: {1}")]
+    ReadFile(String, String),
+    #[error("job file {0} is invalid: {1}")]
+    BadFile(String, String),
+    #[error("invalid environment variable {0:?}: expected KEY=VALUE with a non-empty KEY without '='")]
     BadEnv(String),
-    #[error("invalid --timeout: {0}")]
-    BadTimeout(String),
+    #[error("invalid {what}: {why}")]
+    BadValue { what: String, why: String },
+    #[error("step {0}: give exactly one of `run` and `argv`, non-empty")]
+    BadStep(String),
+    #[error("artifact path {0:?} is invalid: it must be non-empty and must not contain `..`")]
+    BadArtifact(String),
+    #[error("workspace {0} is not a directory")]
+    BadWorkspace(String),
+    #[error("unknown image {0:?}: only `default` exists")]
+    UnknownImage(String),
 }
 
 pub fn parse_env(s: &str) -> Result<(String, String), PlanError> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => Ok((k.to_string(), v.to_string())),
-        _ => Err(PlanError::BadEnv(s.to_string())),
+        Some((k, v)) => check_env(k, v),
+        None => Err(PlanError::BadEnv(s.to_string())),
     }
+}
+
+fn check_env(k: &str, v: &str) -> Result<(String, String), PlanError> {
+    if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+        return Err(PlanError::BadEnv(format!("{k}={v}")));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn duration(what: &str, s: &str) -> Result<Duration, PlanError> {
+    crate::duration::parse(s).map_err(|why| PlanError::BadValue { what: what.into(), why })
+}
+
+fn step_from_file(
+    i: usize,
+    s: &StepFile,
+    job_env: &[(String, String)],
+    default_cwd: Option<&str>,
+) -> Result<Step, PlanError> {
+    let name = s.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
+    let argv = match (&s.run, &s.argv) {
+        (Some(run), None) if !run.trim().is_empty() => vec!["/bin/sh".into(), "-c".into(), run.clone()],
+        (None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => argv.clone(),
+        _ => return Err(PlanError::BadStep(name)),
+    };
+    let mut env = job_env.to_vec();
+    for (k, v) in &s.env {
+        env.push(check_env(k, v)?);
+    }
+    let timeout = s.timeout.as_deref().map(|t| duration(&format!("timeout of step {name}"), t)).transpose()?;
+    let cwd = s.cwd.clone().or_else(|| default_cwd.map(str::to_string));
+    Ok(Step { name, argv, env, cwd, timeout })
+}
+
+fn guest_artifact(a: &str) -> Result<String, PlanError> {
+    let bad = || PlanError::BadArtifact(a.to_string());
+    if a.trim().is_empty() || Path::new(a).components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(bad());
+    }
+    Ok(if a.starts_with('/') { a.to_string() } else { format!("{GUEST_WORKSPACE}/{}", a.trim_end_matches('/')) })
 }
 
 impl Plan {
     pub fn from_args(a: &RunArgs) -> Result<Plan, PlanError> {
-        if a.command.is_empty() {
-            return Err(PlanError::NoCommand);
+        let (file, base) = match &a.file {
+            Some(_) if !a.command.is_empty() => return Err(PlanError::FileAndCommand),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| PlanError::ReadFile(path.display().to_string(), e.to_string()))?;
+                let job = crate::job::parse(&text)
+                    .map_err(|e| PlanError::BadFile(path.display().to_string(), e.message().to_string()))?;
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (job, Some(base))
+            }
+            None if a.command.is_empty() => return Err(PlanError::NoCommand),
+            None => (JobFile::default(), None),
+        };
+        let base = base.unwrap_or_default();
+        let rel = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let mut job_env = Vec::new();
+        for (k, v) in &file.env {
+            job_env.push(check_env(k, v)?);
         }
-        let env = a.env.iter().map(|e| parse_env(e)).collect::<Result<Vec<_>, _>>()?;
-        let timeout = a.timeout.as_deref().map(crate::duration::parse).transpose().map_err(PlanError::BadTimeout)?;
+        for e in &a.env {
+            job_env.push(parse_env(e)?);
+        }
+        let workspace = a.workspace.clone().or_else(|| file.workspace.as_deref().map(rel));
+        if let Some(w) = &workspace {
+            if !w.is_dir() {
+                return Err(PlanError::BadWorkspace(w.display().to_string()));
+            }
+        }
+        let default_cwd = workspace.as_ref().map(|_| GUEST_WORKSPACE);
+        let steps = if a.command.is_empty() {
+            if file.steps.is_empty() {
+                return Err(PlanError::NoCommand);
+            }
+            file.steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| step_from_file(i, s, &job_env, default_cwd))
+                .collect::<Result<_, _>>()?
+        } else {
+            let timeout = a.timeout.as_deref().map(|t| duration("--timeout", t)).transpose()?;
+            let cwd = a.cwd.clone().or_else(|| default_cwd.map(str::to_string));
+            vec![Step { name: "command".into(), argv: a.command.clone(), env: job_env.clone(), cwd, timeout }]
+        };
+        let image = a.image.clone().or(file.image).unwrap_or_else(|| "default".into());
+        if image != "default" {
+            return Err(PlanError::UnknownImage(image));
+        }
+        let cpus = match a.cpus.or(file.cpus) {
+            Some(0) => return Err(PlanError::BadValue { what: "cpus".into(), why: "must be at least 1".into() }),
+            Some(n) if n > 64 => return Err(PlanError::BadValue { what: "cpus".into(), why: "at most 64".into() }),
+            Some(n) => n,
+            None => crate::resources::default_cpus(),
+        };
+        let memory_mib = match a.memory.as_deref().or(file.memory.as_deref()) {
+            Some(m) => {
+                crate::resources::parse_memory(m).map_err(|why| PlanError::BadValue { what: "memory".into(), why })?
+            }
+            None => crate::resources::default_memory_mib(),
+        };
+        let net = match (a.net, file.network.mode.as_deref()) {
+            (Some(n), _) => n,
+            (None, None | Some("none")) => NetMode::None,
+            (None, Some("off")) => NetMode::Off,
+            (None, Some(other)) => {
+                return Err(PlanError::BadValue {
+                    what: "network.mode".into(),
+                    why: format!("{other:?}: use none or off"),
+                })
+            }
+        };
+        let mut artifacts = Vec::new();
+        for x in a.artifacts.iter().chain(file.artifacts.iter()) {
+            artifacts.push(guest_artifact(x)?);
+        }
+        let artifacts_dir = a
+            .artifacts_dir
+            .clone()
+            .or_else(|| file.artifacts_dir.as_deref().map(rel))
+            .unwrap_or_else(|| base.join("cordon-artifacts"));
         Ok(Plan {
             isolation: a.isolation,
-            steps: vec![Step { name: "command".into(), argv: a.command.clone(), env, cwd: a.cwd.clone(), timeout }],
-            stdin: !a.no_stdin,
+            accel: a.accel,
+            control: a.control,
+            net,
+            image,
+            cpus,
+            memory_mib,
+            boot_timeout: a.boot_timeout.as_deref().map(|t| duration("--boot-timeout", t)).transpose()?,
+            job_timeout: a
+                .job_timeout
+                .as_deref()
+                .or(file.timeout.as_deref())
+                .map(|t| duration("job timeout", t))
+                .transpose()?,
+            workspace,
+            artifacts,
+            artifacts_dir,
+            stdin: !a.no_stdin && steps.len() == 1 && a.file.is_none(),
+            steps,
             json: a.json,
+            prefix: a.prefix,
             agent: a.agent.clone(),
         })
     }
@@ -74,10 +249,25 @@ mod tests {
 
     #[test]
     fn test_from_args_valid() {
-        let p = Plan::from_args(&args(&["--timeout", "5s", "-e", "A=b=c", "--", "echo", "hi"])).unwrap();
+        let p = Plan::from_args(&args(&[
+            "--timeout",
+            "5s",
+            "-e",
+            "A=b=c",
+            "--cpus",
+            "1",
+            "--memory",
+            "300M",
+            "--",
+            "echo",
+            "hi",
+        ]))
+        .unwrap();
         assert_eq!(p.steps[0].argv, vec!["echo", "hi"]);
         assert_eq!(p.steps[0].env, vec![("A".to_string(), "b=c".to_string())]);
         assert_eq!(p.steps[0].timeout, Some(Duration::from_secs(5)));
+        assert_eq!((p.cpus, p.memory_mib), (1, 300));
+        assert_eq!(p.net, NetMode::None);
         assert!(p.stdin);
     }
 
@@ -85,6 +275,59 @@ mod tests {
     fn test_from_args_errors() {
         assert_eq!(Plan::from_args(&args(&[])), Err(PlanError::NoCommand));
         assert_eq!(Plan::from_args(&args(&["-e", "=x", "--", "true"])), Err(PlanError::BadEnv("=x".into())));
-        assert!(matches!(Plan::from_args(&args(&["--timeout", "soon", "--", "true"])), Err(PlanError::BadTimeout(_))));
+        assert!(matches!(
+            Plan::from_args(&args(&["--timeout", "soon", "--", "true"])),
+            Err(PlanError::BadValue { .. })
+        ));
+        assert!(matches!(Plan::from_args(&args(&["--cpus", "0", "--", "true"])), Err(PlanError::BadValue { .. })));
+        assert!(matches!(Plan::from_args(&args(&["--memory", "1", "--", "true"])), Err(PlanError::BadValue { .. })));
+        assert!(matches!(
+            Plan::from_args(&args(&["--artifact", "../x", "--", "true"])),
+            Err(PlanError::BadArtifact(_))
+        ));
+        assert!(matches!(
+            Plan::from_args(&args(&["--image", "ubuntu", "--", "true"])),
+            Err(PlanError::UnknownImage(_))
+        ));
+        assert!(matches!(
+            Plan::from_args(&args(&["--workspace", "/no/such", "--", "true"])),
+            Err(PlanError::BadWorkspace(_))
+        ));
+    }
+
+    #[test]
+    fn test_from_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        let f = dir.path().join("cordon.toml");
+        std::fs::write(
+            &f,
+            "workspace = 'src'\nartifacts = ['out/a', '/etc/hostname']\ntimeout = '1m'\n[env]\nX = '1'\n\
+             [[steps]]\nname = 'one'\nrun = 'echo $X'\n[[steps]]\nargv = ['true']\ncwd = '/'\n",
+        )
+        .unwrap();
+        let p = Plan::from_args(&args(&["-f", f.to_str().unwrap()])).unwrap();
+        assert_eq!(p.workspace, Some(dir.path().join("src")));
+        assert_eq!(p.artifacts, vec!["/workspace/out/a", "/etc/hostname"]);
+        assert_eq!(p.artifacts_dir, dir.path().join("cordon-artifacts"));
+        assert_eq!(p.job_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(p.steps[0].argv, vec!["/bin/sh", "-c", "echo $X"]);
+        assert_eq!(p.steps[0].cwd.as_deref(), Some("/workspace"));
+        assert_eq!(p.steps[0].env, vec![("X".to_string(), "1".to_string())]);
+        assert_eq!(p.steps[1].name, "step-2");
+        assert_eq!(p.steps[1].cwd.as_deref(), Some("/"));
+        assert!(!p.stdin);
+        assert_eq!(Plan::from_args(&args(&["-f", f.to_str().unwrap(), "--", "x"])), Err(PlanError::FileAndCommand));
+    }
+
+    #[test]
+    fn test_from_job_file_bad_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cordon.toml");
+        for body in ["[[steps]]\nname='x'\n", "[[steps]]\nrun='a'\nargv=['b']\n", "[[steps]]\nargv=[]\n", "bogus = 1\n"]
+        {
+            std::fs::write(&f, body).unwrap();
+            assert!(Plan::from_args(&args(&["-f", f.to_str().unwrap()])).is_err(), "{body}");
+        }
     }
 }

@@ -30,20 +30,17 @@ pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     let token = new_token();
     let mut cmd = std::process::Command::new(&agent);
     cmd.arg("--listen").arg("fd:3").env("CORDON_AGENT_TOKEN", &token).stdin(std::process::Stdio::null());
-    // SAFETY: async-signal-safe calls only (dup2, fcntl, prctl, getppid).
+    // SAFETY: async-signal-safe calls only (dup2, fcntl).
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             libc::fcntl(3, libc::F_SETFD, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() == 1 {
-                libc::_exit(1);
-            }
             Ok(())
         });
     }
+    crate::procs::die_with_parent(&mut cmd);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let child = cmd.spawn().map_err(|source| BackendError::Spawn { what: agent.display().to_string(), source })?;
@@ -55,6 +52,7 @@ pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     Ok(Sandbox {
         client,
         description: "local-agent (development backend: NO ISOLATION, steps run as plain host processes)".into(),
+        console: None,
         guard: Box::new(Guard { child }),
     })
 }

@@ -19,6 +19,10 @@ pub enum BackendError {
     },
     #[error("connecting to the agent failed")]
     Connect(#[source] AgentError),
+    #[error("the sandbox did not boot: {why}{}", if console.is_empty() { String::new() } else { format!("\n--- last console lines ---\n{console}\n---") })]
+    Boot { why: String, console: String },
+    #[error("preparing the guest image failed")]
+    Image(#[source] crate::image::ImageError),
 }
 
 /// A running sandbox with a connected agent.
@@ -26,6 +30,8 @@ pub struct Sandbox {
     pub client: AgentClient,
     /// What the run report says about isolation.
     pub description: String,
+    /// The guest console log, for diagnostics when the agent is lost.
+    pub console: Option<std::path::PathBuf>,
     /// Keeps backend resources (processes, temp dirs) alive; dropped last.
     pub guard: Box<dyn Send>,
 }

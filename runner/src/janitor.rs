@@ -1,0 +1,81 @@
+//! The janitor: a tiny process (`cordon __janitor DIR`) that outlives a
+//! SIGKILLed cordon just long enough to remove its temp directory. It waits
+//! for end-of-file on its stdin, whose only writer is cordon; then it kills
+//! any helper still listed in DIR/pids and removes DIR.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct Janitor {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Janitor {
+    pub fn start(dir: &Path) -> std::io::Result<Janitor> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("__janitor").arg(dir).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        // Own process group: a terminal's Ctrl-C must not kill it before cordon.
+        // SAFETY: setpgid is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        Ok(Janitor { child: cmd.spawn()?, dir: dir.to_path_buf() })
+    }
+
+    /// Records a helper for the janitor to kill if cordon dies first.
+    pub fn track(&self, pid: u32, name: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("pids")) {
+            let _ = writeln!(f, "{pid} {name}");
+        }
+    }
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        // Closing stdin tells it to clean up now; wait so the directory is
+        // gone when cordon exits.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Entry point of `cordon __janitor DIR`.
+pub fn main(dir: &Path) -> ! {
+    // SAFETY: ignoring terminal signals; the janitor must run to completion.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        match std::io::stdin().read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if let Ok(s) = std::fs::read_to_string(dir.join("pids")) {
+        for line in s.lines() {
+            if let Some((pid, name)) = line.split_once(' ') {
+                if let Ok(pid) = pid.parse() {
+                    crate::procs::kill_if_named(pid, name);
+                }
+            }
+        }
+    }
+    // Only ever remove a cordon temp dir.
+    if dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-")) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    std::process::exit(0)
+}

@@ -1,0 +1,105 @@
+//! The cordon.toml schema. Parsed strictly (unknown keys are errors) and
+//! turned into a Plan by plan.rs; nothing here is trusted downstream.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A job file. Every field is optional except `steps`.
+#[derive(Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Guest image name; default "default".
+    pub image: Option<String>,
+    /// vCPUs; default from the host's cgroup limits, at most 2.
+    pub cpus: Option<u32>,
+    /// Guest memory, e.g. "1G"; default a quarter of what is available.
+    pub memory: Option<String>,
+    /// Timeout of the whole job (all steps), e.g. "30m".
+    pub timeout: Option<String>,
+    /// Host directory copied to /workspace before the first step (relative
+    /// to the job file's directory).
+    pub workspace: Option<PathBuf>,
+    /// Paths in the guest (relative to /workspace, or absolute) copied out
+    /// after the steps.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// Host directory the artifacts land in; default "cordon-artifacts"
+    /// beside the job file.
+    pub artifacts_dir: Option<PathBuf>,
+    /// Environment for every step.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: NetworkSection,
+    /// Steps, run in order; the first failure stops the job.
+    #[serde(default)]
+    pub steps: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// "none" (default: a NIC without egress) or "off" (no NIC).
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StepFile {
+    pub name: Option<String>,
+    /// A shell command line, run with `/bin/sh -c`.
+    pub run: Option<String>,
+    /// Or the exact argv.
+    pub argv: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory in the guest; default /workspace.
+    pub cwd: Option<String>,
+}
+
+pub fn parse(text: &str) -> Result<JobFile, toml::de::Error> {
+    toml::from_str(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_full_job() {
+        let j = parse(
+            r#"
+            cpus = 2
+            memory = "1G"
+            timeout = "10m"
+            workspace = "src"
+            artifacts = ["out/app"]
+            [env]
+            CI = "1"
+            [network]
+            mode = "off"
+            [[steps]]
+            name = "build"
+            run = "make"
+            timeout = "5m"
+            [[steps]]
+            argv = ["./out/app", "--test"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(j.cpus, Some(2));
+        assert_eq!(j.steps.len(), 2);
+        assert_eq!(j.steps[0].run.as_deref(), Some("make"));
+        assert_eq!(j.network.mode.as_deref(), Some("off"));
+    }
+
+    #[test]
+    fn test_parse_rejects_unknown_keys_and_types() {
+        assert!(parse("cpu = 2").is_err());
+        assert!(parse("[[steps]]\nrun = 'x'\nshell = 'bash'").is_err());
+        assert!(parse("cpus = 'two'").is_err());
+        assert!(parse("steps = 3").is_err());
+    }
+}

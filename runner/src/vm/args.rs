@@ -1,0 +1,306 @@
+//! The QEMU command line, built in one place from a VmConfig by pure
+//! functions, each testable argument by argument without QEMU.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Hvf,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Hvf => "hvf",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// x86_64 microvm: virtio-mmio devices described by ACPI.
+    Microvm,
+    /// x86_64 q35, when this QEMU lacks microvm: virtio-pci devices.
+    Q35,
+    /// aarch64 virt.
+    Virt,
+}
+
+impl Machine {
+    fn mmio(self) -> bool {
+        matches!(self, Machine::Microvm)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Kernel vhost-vsock with this guest CID.
+    KernelVsock { cid: u32 },
+    /// vhost-user vsock: QEMU connects to vhost-device-vsock's socket.
+    VhostUserVsock { socket: PathBuf },
+    /// A virtio-serial port named `name`; QEMU listens on `socket`.
+    Serial { socket: PathBuf, name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// No NIC at all.
+    Off,
+    /// A NIC on QEMU's user network with restrict=on: no egress.
+    UserRestricted,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub machine: Machine,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub console_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub control: Control,
+    pub net: Net,
+    /// Use QEMU's seccomp sandbox.
+    pub sandbox: bool,
+}
+
+fn os(v: &[&str]) -> Vec<OsString> {
+    v.iter().map(OsString::from).collect()
+}
+
+fn path_arg(prefix: &str, p: &std::path::Path, suffix: &str) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(p.as_os_str());
+    s.push(suffix);
+    s
+}
+
+pub fn machine_args(c: &VmConfig) -> Vec<OsString> {
+    // Shared guest memory is needed whenever a vhost-user backend maps it.
+    let shared = matches!(c.control, Control::VhostUserVsock { .. });
+    let backend = if shared { ",memory-backend=mem" } else { "" };
+    let m = match c.machine {
+        Machine::Microvm => format!("microvm,rtc=on,acpi=on{backend}"),
+        Machine::Q35 => format!("q35{backend}"),
+        Machine::Virt => format!("virt,gic-version=max{backend}"),
+    };
+    let cpu = match (c.accel, c.machine) {
+        (Accel::Kvm | Accel::Hvf, _) => "host",
+        (Accel::Tcg, _) => "max",
+    };
+    let mut v = os(&["-M", &m, "-accel", c.accel.as_str(), "-cpu", cpu]);
+    v.extend(os(&["-smp", &c.cpus.to_string(), "-m", &format!("{}M", c.memory_mib)]));
+    if shared {
+        v.extend(os(&["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", c.memory_mib)]));
+    }
+    v
+}
+
+pub fn base_args() -> Vec<OsString> {
+    os(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+}
+
+pub fn sandbox_args(c: &VmConfig) -> Vec<OsString> {
+    if c.sandbox {
+        os(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"])
+    } else {
+        vec![]
+    }
+}
+
+pub fn boot_args(c: &VmConfig) -> Vec<OsString> {
+    vec![
+        "-kernel".into(),
+        c.kernel.clone().into(),
+        "-initrd".into(),
+        c.initrd.clone().into(),
+        "-append".into(),
+        c.cmdline.clone().into(),
+    ]
+}
+
+pub fn console_args(c: &VmConfig) -> Vec<OsString> {
+    vec![
+        "-chardev".into(),
+        path_arg("file,id=console,path=", &c.console_log, ""),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-qmp".into(),
+        path_arg("unix:", &c.qmp_socket, ",server=on,wait=off"),
+    ]
+}
+
+fn dev(c: &VmConfig, mmio: &str, pci: &str) -> String {
+    if c.machine.mmio() {
+        mmio.to_string()
+    } else {
+        pci.to_string()
+    }
+}
+
+pub fn device_args(c: &VmConfig) -> Vec<OsString> {
+    let mut v = os(&["-device", &dev(c, "virtio-rng-device", "virtio-rng-pci")]);
+    match &c.control {
+        Control::KernelVsock { cid } => {
+            let d = dev(c, "vhost-vsock-device", "vhost-vsock-pci");
+            v.extend(os(&["-device", &format!("{d},guest-cid={cid}")]));
+        }
+        Control::VhostUserVsock { socket } => {
+            v.push("-chardev".into());
+            v.push(path_arg("socket,id=vsock,path=", socket, ""));
+            v.extend(os(&[
+                "-device",
+                &format!("{},chardev=vsock", dev(c, "vhost-user-vsock-device", "vhost-user-vsock-pci")),
+            ]));
+        }
+        Control::Serial { socket, name } => {
+            v.extend(os(&["-device", &dev(c, "virtio-serial-device", "virtio-serial-pci")]));
+            v.push("-chardev".into());
+            v.push(path_arg("socket,id=agent,server=on,wait=off,path=", socket, ""));
+            v.extend(os(&["-device", &format!("virtserialport,chardev=agent,name={name}")]));
+        }
+    }
+    match c.net {
+        Net::Off => {}
+        Net::UserRestricted => {
+            v.extend(os(&["-netdev", "user,id=n0,restrict=on,ipv6=off"]));
+            v.extend(os(&["-device", &format!("{},netdev=n0", dev(c, "virtio-net-device", "virtio-net-pci"))]));
+        }
+    }
+    v
+}
+
+/// The whole argument vector (without the program name).
+pub fn qemu_args(c: &VmConfig) -> Vec<OsString> {
+    let mut v = base_args();
+    v.extend(machine_args(c));
+    v.extend(sandbox_args(c));
+    v.extend(boot_args(c));
+    v.extend(console_args(c));
+    v.extend(device_args(c));
+    v
+}
+
+/// The guest kernel command line. Secrets do not belong here beyond the
+/// per-sandbox token, which only authenticates the runner to its own agent.
+pub fn kernel_cmdline(machine: Machine, listen: &str, token: &str) -> String {
+    let console = if machine == Machine::Virt { "ttyAMA0" } else { "ttyS0" };
+    format!(
+        "console={console} panic=-1 reboot=t quiet loglevel=4 8250.nr_uarts=1 \
+         random.trust_cpu=on cordon.listen={listen} cordon.token={token}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            machine: Machine::Microvm,
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 512,
+            kernel: "/img/vmlinuz".into(),
+            initrd: "/img/initramfs.cpio".into(),
+            cmdline: "console=ttyS0".into(),
+            console_log: "/run/c/console.log".into(),
+            qmp_socket: "/run/c/qmp.sock".into(),
+            control: Control::VhostUserVsock { socket: "/run/c/vu.sock".into() },
+            net: Net::Off,
+            sandbox: true,
+        }
+    }
+
+    fn s(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter().map(|o| o.into_string().unwrap()).collect()
+    }
+
+    fn has_pair(v: &[String], a: &str, b: &str) -> bool {
+        v.windows(2).any(|w| w[0] == a && w[1] == b)
+    }
+
+    #[test]
+    fn test_machine_args_microvm_tcg_shared_memory() {
+        let v = s(machine_args(&cfg()));
+        assert!(has_pair(&v, "-M", "microvm,rtc=on,acpi=on,memory-backend=mem"), "{v:?}");
+        assert!(has_pair(&v, "-accel", "tcg"));
+        assert!(has_pair(&v, "-cpu", "max"));
+        assert!(has_pair(&v, "-smp", "2"));
+        assert!(has_pair(&v, "-m", "512M"));
+        assert!(has_pair(&v, "-object", "memory-backend-memfd,id=mem,size=512M,share=on"));
+    }
+
+    #[test]
+    fn test_machine_args_kvm_serial_no_shared_memory() {
+        let mut c = cfg();
+        c.accel = Accel::Kvm;
+        c.control = Control::Serial { socket: "/s".into(), name: "org.cordon.agent".into() };
+        let v = s(machine_args(&c));
+        assert!(has_pair(&v, "-M", "microvm,rtc=on,acpi=on"));
+        assert!(has_pair(&v, "-cpu", "host"));
+        assert!(!v.iter().any(|a| a.starts_with("memory-backend-memfd")));
+    }
+
+    #[test]
+    fn test_base_and_sandbox_args() {
+        assert_eq!(s(base_args()), ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        let v = s(sandbox_args(&cfg()));
+        assert_eq!(v[0], "-sandbox");
+        assert!(v[1].starts_with("on,"));
+        let mut c = cfg();
+        c.sandbox = false;
+        assert!(sandbox_args(&c).is_empty());
+    }
+
+    #[test]
+    fn test_boot_and_console_args() {
+        let v = s(boot_args(&cfg()));
+        assert_eq!(v, ["-kernel", "/img/vmlinuz", "-initrd", "/img/initramfs.cpio", "-append", "console=ttyS0"]);
+        let v = s(console_args(&cfg()));
+        assert!(has_pair(&v, "-chardev", "file,id=console,path=/run/c/console.log"));
+        assert!(has_pair(&v, "-serial", "chardev:console"));
+        assert!(has_pair(&v, "-qmp", "unix:/run/c/qmp.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn test_device_args_per_control_and_machine() {
+        let v = s(device_args(&cfg()));
+        assert!(has_pair(&v, "-device", "virtio-rng-device"));
+        assert!(has_pair(&v, "-chardev", "socket,id=vsock,path=/run/c/vu.sock"));
+        assert!(has_pair(&v, "-device", "vhost-user-vsock-device,chardev=vsock"));
+        assert!(!v.iter().any(|a| a.contains("netdev")), "net off means no NIC: {v:?}");
+
+        let mut c = cfg();
+        c.machine = Machine::Q35;
+        c.control = Control::KernelVsock { cid: 7 };
+        c.net = Net::UserRestricted;
+        let v = s(device_args(&c));
+        assert!(has_pair(&v, "-device", "vhost-vsock-pci,guest-cid=7"));
+        assert!(has_pair(&v, "-netdev", "user,id=n0,restrict=on,ipv6=off"));
+        assert!(has_pair(&v, "-device", "virtio-net-pci,netdev=n0"));
+
+        let mut c = cfg();
+        c.control = Control::Serial { socket: "/run/c/agent.sock".into(), name: "org.cordon.agent".into() };
+        let v = s(device_args(&c));
+        assert!(has_pair(&v, "-device", "virtio-serial-device"));
+        assert!(has_pair(&v, "-chardev", "socket,id=agent,server=on,wait=off,path=/run/c/agent.sock"));
+        assert!(has_pair(&v, "-device", "virtserialport,chardev=agent,name=org.cordon.agent"));
+    }
+
+    #[test]
+    fn test_kernel_cmdline() {
+        let c = kernel_cmdline(Machine::Microvm, "vsock:1024", "tok");
+        assert!(c.starts_with("console=ttyS0 "));
+        assert!(c.contains(" panic=-1 ") && c.contains("cordon.listen=vsock:1024") && c.ends_with("cordon.token=tok"));
+        assert!(kernel_cmdline(Machine::Virt, "serial:x", "t").starts_with("console=ttyAMA0"));
+    }
+}

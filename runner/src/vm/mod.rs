@@ -1,0 +1,278 @@
+//! The microVM backend: picks the accelerator and control transport, builds
+//! (or reuses) the image, starts vhost-device-vsock and QEMU as children
+//! that die with cordon, and waits for the agent's Ready while watching QEMU
+//! and the console, so a dead QEMU or a guest panic is a readable boot
+//! failure, not a hang. Dropping the guard shuts everything down and removes
+//! the temp directory; the janitor covers a SIGKILLed cordon.
+
+pub mod accel;
+pub mod args;
+pub mod control;
+pub mod probe;
+pub mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::agent::AgentClient;
+use crate::backend::{find_agent, new_token, BackendError, Sandbox};
+use crate::janitor::Janitor;
+use crate::plan::{NetMode, Plan};
+use args::{Accel, Control, Machine, Net, VmConfig};
+use control::{ControlKind, Io, AGENT_PORT, SERIAL_NAME};
+
+/// Console lines that mean the guest is gone for good.
+const PANIC_MARKERS: &[&str] = &["Kernel panic", "end Kernel panic", "cordon-agent: panic as PID 1"];
+
+pub fn default_boot_timeout(accel: Accel) -> Duration {
+    match accel {
+        Accel::Tcg => Duration::from_secs(90),
+        Accel::Kvm | Accel::Hvf => Duration::from_secs(20),
+    }
+}
+
+struct VmGuard {
+    qemu: Option<tokio::process::Child>,
+    daemon: Option<tokio::process::Child>,
+    qmp: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    janitor: Option<Janitor>,
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        if let Some(mut q) = self.qemu.take() {
+            // After the agent's ShutdownAck the guest powers itself off.
+            if !wait_exit(&mut q, Duration::from_secs(3)) {
+                let _ = qmp::quit(&self.qmp, Duration::from_secs(1));
+                if !wait_exit(&mut q, Duration::from_secs(2)) {
+                    let _ = q.start_kill();
+                    wait_exit(&mut q, Duration::from_secs(2));
+                }
+            }
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.start_kill();
+            wait_exit(&mut d, Duration::from_secs(2));
+        }
+        drop(self.dir.take());
+        drop(self.janitor.take());
+    }
+}
+
+fn wait_exit(c: &mut tokio::process::Child, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The last `n` lines of the console log, for error reports.
+pub fn console_tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn spawn(cmd: std::process::Command, what: &str) -> Result<tokio::process::Child, BackendError> {
+    let mut cmd = cmd;
+    crate::procs::die_with_parent(&mut cmd);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    cmd.spawn().map_err(|source| BackendError::Spawn { what: what.to_string(), source })
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, BackendError> {
+    std::fs::File::create(dir.join(name)).map_err(|source| BackendError::Spawn { what: name.to_string(), source })
+}
+
+pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendError> {
+    let t0 = Instant::now();
+    let accel = accel::resolve(plan.accel).map_err(|e| BackendError::Unavailable("vm", e))?;
+    let qemu_bin = probe::qemu_binary().map_err(|e| BackendError::Unavailable("vm", e))?;
+    let caps = probe::probe(&qemu_bin);
+    let machine = match std::env::consts::ARCH {
+        "aarch64" => Machine::Virt,
+        _ if caps.microvm => Machine::Microvm,
+        _ => Machine::Q35,
+    };
+    let kind = control::choose(plan.control).map_err(|e| BackendError::Unavailable("vm", e))?;
+    let agent = find_agent(plan.agent.as_deref())?;
+    let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("cordon-")
+        .tempdir()
+        .map_err(|source| BackendError::Spawn { what: "temp dir".into(), source })?;
+    let d = dir.path().to_path_buf();
+    let janitor = Janitor::start(&d).map_err(|source| BackendError::Spawn { what: "janitor".into(), source })?;
+    let mut guard =
+        VmGuard { qemu: None, daemon: None, qmp: d.join("qmp.sock"), dir: Some(dir), janitor: Some(janitor) };
+
+    let token = new_token();
+    let (control, listen) = match &kind {
+        ControlKind::KernelVsock => {
+            let cid = 3 + (u32::from_str_radix(&token[..6], 16).unwrap_or(0) % 0x00ff_fff0);
+            (Control::KernelVsock { cid }, format!("vsock:{AGENT_PORT}"))
+        }
+        ControlKind::VhostUser { daemon } => {
+            let sock = d.join("vu.sock");
+            let mut cmd = std::process::Command::new(daemon);
+            cmd.arg("--vm")
+                .arg(format!("guest-cid=3,socket={},uds-path={}", sock.display(), d.join("vsock.sock").display()))
+                .stdin(Stdio::null())
+                .stdout(log_file(&d, "vhost-device-vsock.log")?)
+                .stderr(log_file(&d, "vhost-device-vsock.log")?);
+            let mut child = spawn(cmd, "vhost-device-vsock")?;
+            if let (Some(j), Some(pid)) = (&guard.janitor, child.id()) {
+                j.track(pid, "vhost-device-vsock");
+            }
+            let until = Instant::now() + Duration::from_secs(10);
+            while !sock.exists() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    let why = std::fs::read_to_string(d.join("vhost-device-vsock.log")).unwrap_or_default();
+                    return Err(BackendError::Boot {
+                        why: format!("vhost-device-vsock exited ({st}): {}", why.trim()),
+                        console: String::new(),
+                    });
+                }
+                if Instant::now() > until {
+                    return Err(BackendError::Boot {
+                        why: "vhost-device-vsock did not create its socket within 10s".into(),
+                        console: String::new(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            guard.daemon = Some(child);
+            (Control::VhostUserVsock { socket: sock }, format!("vsock:{AGENT_PORT}"))
+        }
+        ControlKind::Serial => (
+            Control::Serial { socket: d.join("agent.sock"), name: SERIAL_NAME.into() },
+            format!("serial:{SERIAL_NAME}"),
+        ),
+    };
+    let net = match plan.net {
+        NetMode::Off => Net::Off,
+        NetMode::None if caps.slirp => Net::UserRestricted,
+        // Without slirp there is no NIC at all, which is stricter still.
+        NetMode::None => Net::Off,
+    };
+    let cfg = VmConfig {
+        machine,
+        accel,
+        cpus: plan.cpus,
+        memory_mib: plan.memory_mib,
+        kernel: image.kernel(),
+        initrd: image.initramfs(),
+        cmdline: args::kernel_cmdline(machine, &listen, &token),
+        console_log: d.join("console.log"),
+        qmp_socket: d.join("qmp.sock"),
+        control: control.clone(),
+        net,
+        sandbox: caps.seccomp,
+    };
+    let mut cmd = std::process::Command::new(&qemu_bin);
+    cmd.args(args::qemu_args(&cfg))
+        .stdin(Stdio::null())
+        .stdout(log_file(&d, "qemu.log")?)
+        .stderr(log_file(&d, "qemu.log")?);
+    tracing::debug!(?cmd, "starting qemu");
+    let qemu = spawn(cmd, &qemu_bin.display().to_string())?;
+    if let (Some(j), Some(pid)) = (&guard.janitor, qemu.id()) {
+        j.track(pid, "qemu-system");
+    }
+    guard.qemu = Some(qemu);
+
+    let deadline = plan.boot_timeout.unwrap_or_else(|| default_boot_timeout(accel));
+    let client = wait_ready(&mut guard, &control, &token, &d, deadline).await?;
+    let boot_ms = t0.elapsed().as_millis() as u64;
+    tracing::info!(boot_ms, "agent ready");
+    let description = format!(
+        "vm (QEMU {} {}, accel {}, control {}, net {})",
+        match machine {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+            Machine::Virt => "virt",
+        },
+        caps.version.split_whitespace().nth(3).unwrap_or("?"),
+        accel.as_str(),
+        kind.describe(),
+        match net {
+            Net::Off => "off (no NIC)",
+            Net::UserRestricted => "none (user net, restrict=on)",
+        }
+    );
+    Ok(Sandbox { client, description, console: Some(d.join("console.log")), guard: Box::new(guard) })
+}
+
+async fn connect_once(control: &Control, dir: &Path) -> std::io::Result<Option<Box<dyn Io>>> {
+    match control {
+        Control::VhostUserVsock { .. } => control::try_vhost_user(&dir.join("vsock.sock"), AGENT_PORT).await,
+        Control::KernelVsock { cid } => control::try_kernel_vsock(*cid, AGENT_PORT).await,
+        Control::Serial { socket, .. } => control::try_serial(socket).await,
+    }
+}
+
+async fn wait_ready(
+    guard: &mut VmGuard,
+    control: &Control,
+    token: &str,
+    dir: &Path,
+    deadline: Duration,
+) -> Result<AgentClient, BackendError> {
+    let console = dir.join("console.log");
+    let started = Instant::now();
+    let connect = async {
+        loop {
+            match connect_once(control, dir).await {
+                Ok(Some(io)) => {
+                    let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+                    return AgentClient::connect(io, token, left).await.map_err(BackendError::Connect);
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => return Err(BackendError::Spawn { what: "control channel".into(), source: e }),
+            }
+        }
+    };
+    let qemu = guard.qemu.as_mut().expect("qemu was just started");
+    let watch = async {
+        loop {
+            if let Ok(Some(st)) = qemu.try_wait() {
+                let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+                return format!(
+                    "QEMU exited during boot ({st}){}",
+                    if log.trim().is_empty() { String::new() } else { format!(": {}", log.trim()) }
+                );
+            }
+            let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if let Some(m) = PANIC_MARKERS.iter().find(|m| text.contains(**m)) {
+                return format!("the guest failed during boot ({m})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let res = tokio::select! {
+        r = connect => r,
+        why = watch => Err(BackendError::Boot { why, console: String::new() }),
+        _ = tokio::time::sleep(deadline) => Err(BackendError::Boot {
+            why: format!("the agent was not ready within {deadline:?}"),
+            console: String::new(),
+        }),
+    };
+    res.map_err(|e| match e {
+        BackendError::Boot { why, .. } => BackendError::Boot { why, console: console_tail(&console, 30) },
+        BackendError::Connect(err) => BackendError::Boot {
+            why: format!("the agent handshake failed: {err}"),
+            console: console_tail(&console, 30),
+        },
+        other => other,
+    })
+}
