@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a command (after --) in a sandbox
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this machine supports and which backend `auto` would pick
     Doctor,
     /// Build, list and remove guest images

@@ -1,6 +1,7 @@
-//! `cordon doctor`: what this machine offers and which backend `auto` picks.
+//! `cordon doctor`: what this machine offers, which control channel and
+//! accelerator cordon would use, and which backend `auto` picks, with why.
 
-use std::path::Path;
+use crate::vm::{accel, control, probe};
 
 pub struct Check {
     pub name: &'static str,
@@ -19,20 +20,50 @@ pub fn checks() -> Vec<Check> {
             Err(e) => e.to_string(),
         },
     });
-    let kvm_open = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let virt_flags = cpuinfo.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    match probe::qemu_binary() {
+        Ok(q) => {
+            let caps = probe::probe(&q);
+            v.push(Check { name: "qemu", ok: true, detail: format!("{} ({})", q.display(), caps.version) });
+            v.push(Check {
+                name: "microvm",
+                ok: caps.microvm,
+                detail: if caps.microvm { "available".into() } else { "missing: q35 is used instead".into() },
+            });
+            v.push(Check {
+                name: "slirp",
+                ok: caps.slirp,
+                detail: if caps.slirp {
+                    "available: --net none gets a NIC with restrict=on".into()
+                } else {
+                    "missing: --net none gets no NIC at all".into()
+                },
+            });
+            v.push(Check {
+                name: "qemu seccomp",
+                ok: caps.seccomp,
+                detail: if caps.seccomp { "-sandbox on is used".into() } else { "this QEMU has no -sandbox".into() },
+            });
+        }
+        Err(e) => v.push(Check { name: "qemu", ok: false, detail: e }),
+    }
+    let kvm = accel::kvm_status();
+    v.push(Check { name: "kvm", ok: kvm.is_ok(), detail: kvm.map(|_| "usable".to_string()).unwrap_or_else(|e| e) });
+    let kv = control::kernel_vsock_usable();
     v.push(Check {
-        name: "kvm",
-        ok: kvm_open && virt_flags,
-        detail: match (kvm_open, virt_flags) {
-            (true, true) => "/dev/kvm opens and the CPU shows vmx/svm".into(),
-            (true, false) => "/dev/kvm opens but the CPU shows no vmx/svm (nested/paravirtual KVM): not used".into(),
-            (false, _) => "/dev/kvm cannot be opened".into(),
-        },
+        name: "vhost-vsock",
+        ok: kv,
+        detail: if kv { "/dev/vhost-vsock is usable".into() } else { "/dev/vhost-vsock is not usable".into() },
     });
-    let cg = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    v.push(Check { name: "cgroup v2", ok: cg, detail: if cg { "mounted".into() } else { "not mounted".into() } });
+    let vdv = probe::which("vhost-device-vsock");
+    v.push(Check {
+        name: "vhost-device",
+        ok: vdv.is_some(),
+        detail: vdv
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "not installed (cargo install vhost-device-vsock)".into()),
+    });
+    let ctl = control::choose(control::ControlChoice::Auto).map(|k| k.describe().to_string()).unwrap_or_else(|e| e);
+    v.push(Check { name: "control", ok: true, detail: format!("{ctl} would be used") });
     v
 }
 
@@ -41,5 +72,10 @@ pub fn print() {
     for c in checks() {
         println!("{:<4} {:<14} {}", if c.ok { "ok" } else { "--" }, c.name, c.detail);
     }
-    println!("auto   no isolating backend in this build yet; only --isolation local-agent (no isolation) runs");
+    match accel::resolve(accel::AccelChoice::Auto) {
+        Ok(a) => println!("auto: the microVM backend with {}", a.as_str()),
+        Err(why) => {
+            println!("auto: {why}. The namespace fallback is not built yet, so `cordon run` needs --accel tcg here.")
+        }
+    }
 }

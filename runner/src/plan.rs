@@ -242,7 +242,7 @@ mod tests {
         let mut full = vec!["cordon", "run"];
         full.extend_from_slice(v);
         match crate::cli::Cli::try_parse_from(full).unwrap().command {
-            crate::cli::Command::Run(r) => r,
+            crate::cli::Command::Run(r) => *r,
             _ => unreachable!("run subcommand parsed"),
         }
     }

@@ -87,7 +87,7 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
     if json {
         out.event(json!({"event": "sandbox_ready", "isolation": sandbox.description, "ready_ms": ready_ms,
             "agent_version": sandbox.client.ready.agent_version, "kernel_boot_ms": sandbox.client.ready.kernel_boot_ms,
-            "agent_start_ms": sandbox.client.ready.agent_start_ms}))?;
+            "agent_start_ms": sandbox.client.ready.agent_start_ms, "agent_capabilities": sandbox.client.ready.capabilities}))?;
     } else if plan.isolation == Isolation::LocalAgent {
         eprintln!("cordon: WARNING: isolation {}", sandbox.description);
     } else {
@@ -102,13 +102,15 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
             drop(sandbox);
             return Err(RunError::Agent(e, tail));
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            sandbox.close().await;
+            return Err(e);
+        }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), sandbox.client.shutdown(Duration::from_secs(5))).await;
+    sandbox.close().await;
     if json {
         out.event(json!({"event": "run_finished", "exit_code": code, "wall_ms": t0.elapsed().as_millis() as u64}))?;
     }
-    drop(sandbox);
     Ok(code)
 }
 

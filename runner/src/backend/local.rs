@@ -13,6 +13,8 @@ struct Guard {
     child: tokio::process::Child,
 }
 
+impl super::SandboxGuard for Guard {}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         // The agent kills its steps when the connection closes; make sure the

@@ -33,7 +33,28 @@ pub struct Sandbox {
     /// The guest console log, for diagnostics when the agent is lost.
     pub console: Option<std::path::PathBuf>,
     /// Keeps backend resources (processes, temp dirs) alive; dropped last.
-    pub guard: Box<dyn Send>,
+    pub guard: Box<dyn SandboxGuard>,
+}
+
+/// Backend resources; dropping them tears the sandbox down.
+pub trait SandboxGuard: Send {
+    /// The agent acknowledged Shutdown, so the sandbox is ending by itself
+    /// and is worth a short wait before being killed.
+    fn shutdown_acked(&mut self) {}
+}
+
+impl Sandbox {
+    /// Asks the agent to shut down, then tears everything down.
+    pub async fn close(mut self) {
+        let ack = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.client.shutdown(std::time::Duration::from_secs(3)),
+        )
+        .await;
+        if matches!(ack, Ok(Ok(()))) {
+            self.guard.shutdown_acked();
+        }
+    }
 }
 
 /// A random per-sandbox token, hex encoded.

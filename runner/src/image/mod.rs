@@ -244,6 +244,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     };
     let json = serde_json::to_vec_pretty(&meta).expect("image meta serializes");
     std::fs::write(tmp.path().join("image.json"), json).map_err(io(tmp.path()))?;
+    prune_old_defaults(&images, 2);
     let staged = tmp.keep();
     if let Err(e) = std::fs::rename(&staged, &dir) {
         // Another cordon built the same image concurrently; theirs is as good.
@@ -334,6 +335,18 @@ fn write_initramfs<W: std::io::Write>(
     }
     w.file("etc/cordon/modules", 0o644, list.as_bytes())?;
     Ok(())
+}
+
+/// Keeps only the `keep` newest images named "default" (each new agent build
+/// makes a new one); in-use images are safe: QEMU holds its files open.
+fn prune_old_defaults(images: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(images) else { return };
+    let mut defaults: Vec<Image> =
+        rd.flatten().filter_map(|e| load(&e.path()).ok()).filter(|i| i.meta.name == "default").collect();
+    defaults.sort_by_key(|i| std::cmp::Reverse(i.meta.created_unix));
+    for old in defaults.into_iter().skip(keep) {
+        let _ = std::fs::remove_dir_all(&old.dir);
+    }
 }
 
 fn load(dir: &Path) -> Result<Image, ImageError> {

@@ -38,13 +38,21 @@ struct VmGuard {
     qmp: PathBuf,
     dir: Option<tempfile::TempDir>,
     janitor: Option<Janitor>,
+    acked: bool,
+}
+
+impl crate::backend::SandboxGuard for VmGuard {
+    fn shutdown_acked(&mut self) {
+        self.acked = true;
+    }
 }
 
 impl Drop for VmGuard {
     fn drop(&mut self) {
         if let Some(mut q) = self.qemu.take() {
             // After the agent's ShutdownAck the guest powers itself off.
-            if !wait_exit(&mut q, Duration::from_secs(3)) {
+            let grace = if self.acked { Duration::from_secs(3) } else { Duration::ZERO };
+            if !wait_exit(&mut q, grace) {
                 let _ = qmp::quit(&self.qmp, Duration::from_secs(1));
                 if !wait_exit(&mut q, Duration::from_secs(2)) {
                     let _ = q.start_kill();
@@ -113,8 +121,14 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         .map_err(|source| BackendError::Spawn { what: "temp dir".into(), source })?;
     let d = dir.path().to_path_buf();
     let janitor = Janitor::start(&d).map_err(|source| BackendError::Spawn { what: "janitor".into(), source })?;
-    let mut guard =
-        VmGuard { qemu: None, daemon: None, qmp: d.join("qmp.sock"), dir: Some(dir), janitor: Some(janitor) };
+    let mut guard = VmGuard {
+        qemu: None,
+        daemon: None,
+        qmp: d.join("qmp.sock"),
+        dir: Some(dir),
+        janitor: Some(janitor),
+        acked: false,
+    };
 
     let token = new_token();
     let (control, listen) = match &kind {
@@ -170,8 +184,10 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         accel,
         cpus: plan.cpus,
         memory_mib: plan.memory_mib,
-        kernel: image.kernel(),
-        initrd: image.initramfs(),
+        // Debugging aids (and how the tests boot a broken guest): replace the
+        // image's kernel or initramfs.
+        kernel: std::env::var_os("CORDON_KERNEL").map(PathBuf::from).unwrap_or_else(|| image.kernel()),
+        initrd: std::env::var_os("CORDON_INITRD").map(PathBuf::from).unwrap_or_else(|| image.initramfs()),
         cmdline: args::kernel_cmdline(machine, &listen, &token),
         console_log: d.join("console.log"),
         qmp_socket: d.join("qmp.sock"),
