@@ -9,6 +9,9 @@ use std::time::Duration;
 use crate::fdio::FdIo;
 use crate::server::{serve, Agent, Outcome};
 
+/// Printed on the console once the vsock listener is up.
+pub const LISTENING_MARKER: &str = "cordon-agent: listening on";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
     Vsock(u32),
@@ -86,9 +89,16 @@ pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenErr
             let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
             let l = tokio_vsock::VsockListener::bind(addr)
                 .map_err(|source| ListenError::Bind { what: format!("vsock port {port}"), source })?;
+            // The runner waits for this console line before dialing in: a
+            // hybrid-vsock CONNECT that arrives before the guest's vrings
+            // are live can wedge vhost-device-vsock.
+            eprintln!("{LISTENING_MARKER} vsock:{port}");
             loop {
                 let s = match l.accept().await {
-                    Ok((s, _)) => s,
+                    Ok((s, peer)) => {
+                        tracing::debug!(?peer, "accepted");
+                        s
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "vsock accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;

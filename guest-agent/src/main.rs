@@ -88,6 +88,7 @@ fn pid1_main(t0: Instant) -> ! {
     init::load_modules(&init::module_list(&params), &cmdline);
     init::set_hostname(params.hostname.as_deref().unwrap_or("cordon"));
     init::loopback_up();
+    tracing::debug!("init done");
     let listen = match params.listen.as_deref().unwrap_or("vsock:1024").parse::<Listen>() {
         Ok(l) => l,
         Err(e) => {
@@ -116,6 +117,7 @@ fn serve(
         .enable_all()
         .build()
         .expect("building the tokio runtime");
+    tracing::debug!("runtime built");
     rt.block_on(async move {
         let reaper = reaper::Reaper::start();
         let mut capabilities = vec!["exec", "pty", "archive", "signal"];

@@ -144,16 +144,20 @@ fn cordon_temp_dir_of(qemu: u32) -> Option<std::path::PathBuf> {
 
 /// Starts a long step, waits until it runs, then delivers `sig` to cordon.
 fn interrupt_run(sig: i32) -> (std::process::ExitStatus, Vec<u32>, std::path::PathBuf) {
+    let errlog = tempfile::NamedTempFile::new().unwrap();
     let mut child = cordon()
         .args(["run", "--accel", "tcg", "--json", "--", "sleep", "1000"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(errlog.reopen().unwrap())
         .spawn()
         .unwrap();
     let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
-        let l = lines.next().expect("cordon ended before the step started").unwrap();
+        let Some(l) = lines.next() else {
+            panic!("cordon ended before the step started: {}", std::fs::read_to_string(errlog.path()).unwrap());
+        };
+        let l = l.unwrap();
         if l.contains("step_started") {
             break;
         }

@@ -182,8 +182,10 @@ pub fn has_interpreter(bytes: &[u8]) -> bool {
     let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().expect("8 bytes")) as usize;
     let (entsize, num) = (u16_at(0x36), u16_at(0x38));
     (0..num).any(|i| {
-        let o = phoff.saturating_add(i * entsize);
-        bytes.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) == 3).unwrap_or(true)
+        let o = i.checked_mul(entsize).and_then(|x| x.checked_add(phoff));
+        o.and_then(|o| bytes.get(o..o.checked_add(4)?))
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) == 3)
+            .unwrap_or(true)
     })
 }
 
@@ -359,8 +361,12 @@ fn load(dir: &Path) -> Result<Image, ImageError> {
 pub fn list() -> Result<Vec<Image>, ImageError> {
     let images = cache_dir().join("images");
     let Ok(rd) = std::fs::read_dir(&images) else { return Ok(vec![]) };
-    let mut out: Vec<Image> =
-        rd.flatten().filter(|e| e.path().join("image.json").exists()).filter_map(|e| load(&e.path()).ok()).collect();
+    let mut out: Vec<Image> = rd
+        .flatten()
+        .filter(|e| e.path().join("image.json").exists())
+        .filter_map(|e| load(&e.path()).ok())
+        .filter(|i| i.dir.file_name().is_some_and(|n| *n == *i.meta.id))
+        .collect();
     out.sort_by_key(|i| std::cmp::Reverse(i.meta.created_unix));
     Ok(out)
 }
@@ -389,6 +395,9 @@ mod tests {
         let sh = std::fs::read("/bin/sh").unwrap();
         assert!(has_interpreter(&sh), "/bin/sh on Debian is dynamic");
         assert!(has_interpreter(b"not an elf"));
+        let mut hostile = std::fs::read("/bin/busybox").unwrap();
+        hostile[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(has_interpreter(&hostile), "an unreadable header must count as dynamic");
     }
 
     #[test]

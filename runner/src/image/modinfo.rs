@@ -21,9 +21,11 @@ pub enum ModError {
 
 /// `.modinfo` key=value strings of an ELF64 little-endian object.
 pub fn modinfo(bytes: &[u8]) -> Option<Vec<(String, String)>> {
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
-    let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    let u16_at = |o: usize| bytes.get(o..o.checked_add(2)?).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at =
+        |o: usize| bytes.get(o..o.checked_add(4)?).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+    let u64_at =
+        |o: usize| bytes.get(o..o.checked_add(8)?).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
     if bytes.get(..4)? != b"\x7fELF" || *bytes.get(4)? != 2 || *bytes.get(5)? != 1 {
         return None;
     }
@@ -32,17 +34,17 @@ pub fn modinfo(bytes: &[u8]) -> Option<Vec<(String, String)>> {
     let shnum = u16_at(0x3c)?;
     let shstrndx = u16_at(0x3e)?;
     let sh = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
-    let strtab_off = u64_at(sh(shstrndx)? + 0x18)?;
+    let strtab_off = u64_at(sh(shstrndx)?.checked_add(0x18)?)?;
     for i in 0..shnum {
         let base = sh(i)?;
         let name_off = u32_at(base)?;
         let name_start = strtab_off.checked_add(name_off)?;
-        let name_end = name_start + bytes.get(name_start..)?.iter().position(|&c| c == 0)?;
+        let name_end = name_start.checked_add(bytes.get(name_start..)?.iter().position(|&c| c == 0)?)?;
         if &bytes[name_start..name_end] != b".modinfo" {
             continue;
         }
-        let off = u64_at(base + 0x18)?;
-        let size = u64_at(base + 0x20)?;
+        let off = u64_at(base.checked_add(0x18)?)?;
+        let size = u64_at(base.checked_add(0x20)?)?;
         let data = bytes.get(off..off.checked_add(size)?)?;
         return Some(
             data.split(|&c| c == 0)
@@ -145,6 +147,22 @@ mod tests {
         fake[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
         fake[0x3c] = 5;
         assert!(modinfo(&fake).is_none());
+    }
+
+    #[test]
+    fn test_modinfo_random_headers_never_panic() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..5000 {
+            let mut b = vec![0u8; 128];
+            for v in b.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *v = x as u8;
+            }
+            b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+            let _ = modinfo(&b);
+        }
     }
 
     #[test]

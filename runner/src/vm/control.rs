@@ -11,6 +11,9 @@ pub const AGENT_PORT: u32 = 1024;
 /// The agent's virtio-serial port name.
 pub const SERIAL_NAME: &str = "org.cordon.agent";
 
+/// How long one hybrid-vsock CONNECT may wait for its answer.
+const ATTEMPT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
@@ -78,15 +81,24 @@ pub async fn try_vhost_user(uds: &Path, port: u32) -> std::io::Result<Option<Box
         return Ok(None);
     }
     // Byte by byte: the agent's first frame may follow the OK line at once.
+    // A request sent before the guest's vsock device was live can be lost
+    // without an answer, so each attempt has its own short deadline.
     let mut line = Vec::new();
-    loop {
-        let mut b = [0u8; 1];
-        match s.read(&mut b).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) if line.len() < 64 => line.push(b[0]),
-            Ok(_) => return Err(std::io::Error::other("vhost-device-vsock sent an overlong reply")),
+    let read_line = async {
+        loop {
+            let mut b = [0u8; 1];
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return Ok(false),
+                Ok(_) if b[0] == b'\n' => return Ok(true),
+                Ok(_) if line.len() < 64 => line.push(b[0]),
+                Ok(_) => return Err(std::io::Error::other("vhost-device-vsock sent an overlong reply")),
+            }
         }
+    };
+    match tokio::time::timeout(ATTEMPT_DEADLINE, read_line).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Err(_) => return Ok(None),
+        Ok(Err(e)) => return Err(e),
     }
     if line.starts_with(b"OK") {
         Ok(Some(Box::new(s)))

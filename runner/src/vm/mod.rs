@@ -10,6 +10,7 @@ pub mod args;
 pub mod control;
 pub mod probe;
 pub mod qmp;
+pub mod tsc;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,6 +22,9 @@ use crate::janitor::Janitor;
 use crate::plan::{NetMode, Plan};
 use args::{Accel, Control, Machine, Net, VmConfig};
 use control::{ControlKind, Io, AGENT_PORT, SERIAL_NAME};
+
+/// Must match the agent's `listen::LISTENING_MARKER`.
+const AGENT_LISTENING: &str = "cordon-agent: listening on";
 
 /// Console lines that mean the guest is gone for good.
 const PANIC_MARKERS: &[&str] = &["Kernel panic", "end Kernel panic", "cordon-agent: panic as PID 1"];
@@ -82,11 +86,17 @@ fn wait_exit(c: &mut tokio::process::Child, limit: Duration) -> bool {
     }
 }
 
-/// The last `n` lines of the console log, for error reports.
+/// The last `n` lines of the console log, for error reports; when the
+/// guest panicked, `n` lines from a little before the panic message instead,
+/// so the reason is not lost under the stack trace.
 pub fn console_tail(path: &Path, n: usize) -> String {
     let s = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let start = match lines.iter().position(|l| PANIC_MARKERS.iter().any(|m| l.contains(m))) {
+        Some(p) => p.saturating_sub(5),
+        None => lines.len().saturating_sub(n),
+    };
+    lines[start..(start + n).min(lines.len())].join("\n")
 }
 
 fn spawn(cmd: std::process::Command, what: &str) -> Result<tokio::process::Child, BackendError> {
@@ -188,7 +198,19 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         // image's kernel or initramfs.
         kernel: std::env::var_os("CORDON_KERNEL").map(PathBuf::from).unwrap_or_else(|| image.kernel()),
         initrd: std::env::var_os("CORDON_INITRD").map(PathBuf::from).unwrap_or_else(|| image.initramfs()),
-        cmdline: args::kernel_cmdline(machine, &listen, &token),
+        cmdline: {
+            let mut c = args::kernel_cmdline(machine, &listen, &token);
+            if accel == Accel::Tcg {
+                if let Some(khz) = tsc::host_tsc_khz() {
+                    c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+                }
+            }
+            if let Some(extra) = std::env::var_os("CORDON_KERNEL_APPEND") {
+                c.push(' ');
+                c.push_str(&extra.to_string_lossy());
+            }
+            c
+        },
         console_log: d.join("console.log"),
         qmp_socket: d.join("qmp.sock"),
         control: control.clone(),
@@ -246,14 +268,24 @@ async fn wait_ready(
 ) -> Result<AgentClient, BackendError> {
     let console = dir.join("console.log");
     let started = Instant::now();
+    // The agent's console line saying its vsock listener is up (see the
+    // agent's listen.rs for why vhost-user vsock must wait for it).
+    let needs_marker = matches!(control, Control::VhostUserVsock { .. });
     let connect = async {
+        while needs_marker {
+            let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if text.contains(AGENT_LISTENING) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         loop {
             match connect_once(control, dir).await {
                 Ok(Some(io)) => {
                     let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
                     return AgentClient::connect(io, token, left).await.map_err(BackendError::Connect);
                 }
-                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(e) => return Err(BackendError::Spawn { what: "control channel".into(), source: e }),
             }
         }
@@ -283,8 +315,18 @@ async fn wait_ready(
             console: String::new(),
         }),
     };
+    let helper_log = || {
+        let log = console_tail(&dir.join("vhost-device-vsock.log"), 10);
+        if log.trim().is_empty() {
+            String::new()
+        } else {
+            format!(" (vhost-device-vsock says: {})", log.trim())
+        }
+    };
     res.map_err(|e| match e {
-        BackendError::Boot { why, .. } => BackendError::Boot { why, console: console_tail(&console, 30) },
+        BackendError::Boot { why, .. } => {
+            BackendError::Boot { why: format!("{why}{}", helper_log()), console: console_tail(&console, 30) }
+        }
         BackendError::Connect(err) => BackendError::Boot {
             why: format!("the agent handshake failed: {err}"),
             console: console_tail(&console, 30),

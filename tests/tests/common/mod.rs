@@ -58,7 +58,7 @@ pub fn spawn_raw_agent(token: &str) -> (std::os::unix::net::UnixStream, std::pro
     let theirs = OwnedFd::from(theirs);
     let fd = theirs.as_raw_fd();
     let mut cmd = std::process::Command::new(static_agent_bin());
-    cmd.args(["--listen", "fd:3"]).env("CORDON_AGENT_TOKEN", token).env("CORDON_AGENT_LOG", "warn");
+    cmd.args(["--listen", "fd:3"]).env("CORDON_AGENT_TOKEN", token).env("CORDON_AGENT_LOG", "error");
     // SAFETY: dup2/fcntl/prctl are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
