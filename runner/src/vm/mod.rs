@@ -272,12 +272,15 @@ async fn wait_ready(
     // agent's listen.rs for why vhost-user vsock must wait for it).
     let needs_marker = matches!(control, Control::VhostUserVsock { .. });
     let connect = async {
-        while needs_marker {
-            let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-            if text.contains(AGENT_LISTENING) {
-                break;
+        if needs_marker {
+            loop {
+                let text =
+                    std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                if text.contains(AGENT_LISTENING) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         loop {
             match connect_once(control, dir).await {
