@@ -93,7 +93,7 @@ pub fn console_tail(path: &Path, n: usize) -> String {
     let s = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     let start = match lines.iter().position(|l| PANIC_MARKERS.iter().any(|m| l.contains(m))) {
-        Some(p) => p.saturating_sub(5),
+        Some(p) => p.saturating_sub(10),
         None => lines.len().saturating_sub(n),
     };
     lines[start..(start + n).min(lines.len())].join("\n")
