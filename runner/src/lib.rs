@@ -11,6 +11,7 @@ pub mod image;
 pub mod janitor;
 pub mod job;
 pub mod plan;
+pub mod policy;
 pub mod procs;
 pub mod resources;
 pub mod run;
