@@ -17,6 +17,8 @@ pub struct BootParams {
     pub token: Option<String>,
     pub modules: Vec<String>,
     pub hostname: Option<String>,
+    /// `cordon.net=ADDR4/LEN,GW4,DNS[,ADDR6/LEN,GW6]`: static guest network.
+    pub net: Option<String>,
     /// `cordon.halt=reboot`: end with a reboot (QEMU `-no-reboot` exits) rather
     /// than an ACPI power-off, for machines without ACPI.
     pub reboot_to_halt: bool,
@@ -34,6 +36,7 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
             "cordon.modules" => p.modules = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
             "cordon.hostname" => p.hostname = Some(v.to_string()),
             "cordon.halt" => p.reboot_to_halt = v == "reboot",
+            "cordon.net" => p.net = Some(v.to_string()),
             _ => {}
         }
     }
@@ -169,6 +172,50 @@ pub fn loopback_up() {
         }
         libc::close(s);
     }
+}
+
+/// Configures the first non-loopback interface from a `cordon.net` spec
+/// with busybox `ip`, and writes /etc/resolv.conf.
+pub fn configure_net(spec: &str) {
+    let parts: Vec<&str> = spec.split(',').collect();
+    if parts.len() < 3 {
+        tracing::warn!(spec, "bad cordon.net");
+        return;
+    }
+    let mut dev = None;
+    for _ in 0..200 {
+        dev = std::fs::read_dir("/sys/class/net")
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).find(|n| n != "lo"));
+        if dev.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let Some(dev) = dev else {
+        tracing::warn!("cordon.net given but no network interface appeared");
+        return;
+    };
+    // No duplicate address detection delay and no router advertisements:
+    // the addresses are fixed and the gate is the only way out.
+    for (k, v) in [("accept_dad", "0"), ("accept_ra", "0"), ("autoconf", "0")] {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/{k}"), v);
+    }
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip").args(args).env("PATH", crate::exec::DEFAULT_PATH).status();
+        if !matches!(st, Ok(s) if s.success()) {
+            tracing::warn!(?args, "ip command failed");
+        }
+    };
+    ip(&["link", "set", &dev, "up"]);
+    ip(&["addr", "add", parts[0], "dev", &dev]);
+    ip(&["route", "add", "default", "via", parts[1]]);
+    if parts.len() >= 5 {
+        ip(&["-6", "addr", "add", parts[3], "dev", &dev]);
+        ip(&["-6", "route", "add", "default", "via", parts[4]]);
+    }
+    let _ = std::fs::create_dir_all("/etc");
+    let _ = std::fs::write("/etc/resolv.conf", format!("nameserver {}\n", parts[2]));
 }
 
 /// Seconds since kernel start, from /proc/uptime.

@@ -88,6 +88,9 @@ fn pid1_main(t0: Instant) -> ! {
     init::load_modules(&init::module_list(&params), &cmdline);
     init::set_hostname(params.hostname.as_deref().unwrap_or("cordon"));
     init::loopback_up();
+    if let Some(net) = &params.net {
+        init::configure_net(net);
+    }
     tracing::debug!("init done");
     let listen = match params.listen.as_deref().unwrap_or("vsock:1024").parse::<Listen>() {
         Ok(l) => l,

@@ -77,9 +77,24 @@ pub struct RunArgs {
     /// virtio-serial), vsock, serial. Never the guest network.
     #[arg(long, value_enum, default_value_t = ControlChoice::Auto)]
     pub control: ControlChoice,
-    /// Guest network: none (default: a NIC with no egress) or off (no NIC)
+    /// Guest network: none (default: a NIC with no egress), off (no NIC), or
+    /// full (everything through cordon's egress gate, except the cloud
+    /// metadata endpoints, the host's own addresses and its loopback services)
     #[arg(long, value_enum)]
     pub net: Option<NetMode>,
+    /// Allow traffic matching RULE (repeatable; any allow rule makes the
+    /// default deny). RULE: CIDR, CIDR:PORT, CIDR:LOW-HIGH, [v6]:PORT,
+    /// tcp/..., udp/..., icmp/..., example.org, *.example.org (optional
+    /// :PORT), host:PORT (a loopback service of the host), private, metadata.
+    /// The most specific matching rule wins; deny wins a tie.
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// Deny traffic matching RULE (repeatable; same syntax as --allow)
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
+    /// Write one JSON line per network flow (and a summary) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub net_log: Option<PathBuf>,
     /// Guest image (only `default`: Debian's cloud kernel, busybox, the agent)
     #[arg(long)]
     pub image: Option<String>,

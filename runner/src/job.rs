@@ -40,8 +40,14 @@ pub struct JobFile {
 #[derive(Debug, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSection {
-    /// "none" (default: a NIC without egress) or "off" (no NIC).
+    /// "none" (default without rules: a NIC without egress), "off" (no NIC)
+    /// or "full" (everything but metadata and the host, through the gate).
     pub mode: Option<String>,
+    /// Allow rules (see `cordon run --help`); any of them means default deny.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default, PartialEq, Eq)]

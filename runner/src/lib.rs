@@ -10,6 +10,7 @@ pub mod exit;
 pub mod image;
 pub mod janitor;
 pub mod job;
+pub mod netfilter;
 pub mod plan;
 pub mod policy;
 pub mod procs;

@@ -25,8 +25,11 @@ pub struct Step {
 pub enum NetMode {
     /// No network interface at all.
     Off,
-    /// A network interface with no egress (the default).
+    /// A network interface with no egress (the default without rules).
     None,
+    /// Everything through the egress gate except metadata, the host's own
+    /// addresses and its loopback services.
+    Full,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,10 @@ pub struct Plan {
     pub accel: AccelChoice,
     pub control: ControlChoice,
     pub net: NetMode,
+    /// --allow/--deny rules; non-empty (or `net == Full`) means the gate runs.
+    pub rules: Vec<crate::policy::rule::Rule>,
+    /// Where the gate writes one JSON line per flow.
+    pub net_log: Option<PathBuf>,
     pub image: String,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -75,6 +82,17 @@ pub enum PlanError {
     BadWorkspace(String),
     #[error("unknown image {0:?}: only `default` exists")]
     UnknownImage(String),
+    #[error(transparent)]
+    BadRule(#[from] crate::policy::RuleError),
+    #[error("--allow/--deny rules need the egress gate: they cannot be combined with --net {0}")]
+    RulesWithoutGate(&'static str),
+}
+
+impl Plan {
+    /// Whether traffic goes through the egress gate (and passt).
+    pub fn gated(&self) -> bool {
+        self.net == NetMode::Full || !self.rules.is_empty()
+    }
 }
 
 pub fn parse_env(s: &str) -> Result<(String, String), PlanError> {
@@ -186,16 +204,27 @@ impl Plan {
             }
             None => crate::resources::default_memory_mib(),
         };
-        let net = match (a.net, file.network.mode.as_deref()) {
-            (Some(n), _) => n,
-            (None, None | Some("none")) => NetMode::None,
-            (None, Some("off")) => NetMode::Off,
+        let explicit = match (a.net, file.network.mode.as_deref()) {
+            (Some(n), _) => Some(n),
+            (None, None) => None,
+            (None, Some("none")) => Some(NetMode::None),
+            (None, Some("off")) => Some(NetMode::Off),
+            (None, Some("full")) => Some(NetMode::Full),
             (None, Some(other)) => {
                 return Err(PlanError::BadValue {
                     what: "network.mode".into(),
-                    why: format!("{other:?}: use none or off"),
+                    why: format!("{other:?}: use none, off or full"),
                 })
             }
+        };
+        let allow: Vec<String> = a.allow.iter().chain(file.network.allow.iter()).cloned().collect();
+        let deny: Vec<String> = a.deny.iter().chain(file.network.deny.iter()).cloned().collect();
+        let rules = crate::policy::parse_rules(&allow, &deny)?;
+        let net = match explicit {
+            Some(NetMode::None) if !rules.is_empty() => return Err(PlanError::RulesWithoutGate("none")),
+            Some(NetMode::Off) if !rules.is_empty() => return Err(PlanError::RulesWithoutGate("off")),
+            Some(n) => n,
+            None => NetMode::None,
         };
         let mut artifacts = Vec::new();
         for x in a.artifacts.iter().chain(file.artifacts.iter()) {
@@ -211,6 +240,8 @@ impl Plan {
             accel: a.accel,
             control: a.control,
             net,
+            rules,
+            net_log: a.net_log.clone(),
             image,
             cpus,
             memory_mib,

@@ -34,3 +34,18 @@ pub fn kill_if_named(pid: u32, needle: &str) {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }
+
+/// Makes `fd` available to the child as `target` (inherited across exec).
+pub fn pass_fd(cmd: &mut std::process::Command, fd: i32, target: i32) {
+    // SAFETY: dup2 and fcntl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == target {
+                libc::fcntl(target, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -50,6 +50,7 @@ impl RunError {
             }
             RunError::Backend(BackendError::Connect(_) | BackendError::Boot { .. }) => exit::BOOT_FAILED,
             RunError::Backend(BackendError::Spawn { .. }) => exit::INTERNAL,
+            RunError::Backend(BackendError::PolicyUnenforceable(_)) => exit::POLICY_UNENFORCEABLE,
             RunError::Agent(..) => exit::AGENT_LOST,
             RunError::Workspace(..) | RunError::Artifact(..) => exit::AGENT_LOST,
             RunError::Output(_) | RunError::Signals(_) => exit::INTERNAL,

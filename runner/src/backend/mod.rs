@@ -21,6 +21,8 @@ pub enum BackendError {
     Connect(#[source] AgentError),
     #[error("the sandbox did not boot: {why}{}", if console.is_empty() { String::new() } else { format!("\n--- last console lines ---\n{console}\n---") })]
     Boot { why: String, console: String },
+    #[error("the network policy cannot be enforced here: {0}")]
+    PolicyUnenforceable(String),
     #[error("preparing the guest image failed")]
     Image(#[source] crate::image::ImageError),
 }

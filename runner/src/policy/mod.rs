@@ -279,10 +279,9 @@ impl Policy {
             };
         }
         match (best, guarded) {
-            (Some((_, r)), _) => Decision::new(
-                if r.action == Action::Allow { Verdict::Allow } else { Verdict::Deny },
-                via(&r.text),
-            ),
+            (Some((_, r)), _) => {
+                Decision::new(if r.action == Action::Allow { Verdict::Allow } else { Verdict::Deny }, via(&r.text))
+            }
             (None, Some(why)) => Decision::new(Verdict::Deny, via(why)),
             (None, None) if self.full || !self.has_allow() => Decision::new(Verdict::Allow, "default allow"),
             (None, None) => Decision::new(Verdict::Deny, "default deny (allow rules exist)"),
@@ -307,7 +306,10 @@ mod tests {
     use super::*;
 
     fn env() -> Env {
-        Env { gateways: vec!["10.0.2.2".parse().unwrap()], host_addrs: vec!["192.0.2.2".parse().unwrap(), "fd00::2".parse().unwrap()] }
+        Env {
+            gateways: vec!["10.0.2.2".parse().unwrap()],
+            host_addrs: vec!["192.0.2.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+        }
     }
 
     fn pol(allow: &[&str], deny: &[&str], full: bool) -> Policy {
@@ -370,7 +372,16 @@ mod tests {
     #[test]
     fn test_metadata_host_and_loopback_guarded_even_with_full() {
         let full = pol(&[], &[], true);
-        for ip in ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "192.0.2.2", "fd00::2", "127.0.0.1", "::1", "::ffff:169.254.169.254"] {
+        for ip in [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "192.0.2.2",
+            "fd00::2",
+            "127.0.0.1",
+            "::1",
+            "::ffff:169.254.169.254",
+        ] {
             assert_eq!(v(&full, ip, 80), Verdict::Deny, "{ip}");
         }
         let wide = pol(&["0.0.0.0/0", "::/0", "169.0.0.0/8"], &[], false);
@@ -387,7 +398,11 @@ mod tests {
         assert_eq!(v(&p, "10.0.2.2", 8080), Verdict::Allow);
         assert_eq!(v(&p, "10.0.2.2", 8081), Verdict::Deny);
         assert_eq!(v(&pol(&[], &[], true), "10.0.2.2", 8080), Verdict::Deny);
-        assert_eq!(v(&pol(&["10.0.2.2"], &[], false), "10.0.2.2", 8080), Verdict::Deny, "a CIDR never opens host loopback");
+        assert_eq!(
+            v(&pol(&["10.0.2.2"], &[], false), "10.0.2.2", 8080),
+            Verdict::Deny,
+            "a CIDR never opens host loopback"
+        );
         assert_eq!(v(&p, "::ffff:10.0.2.2", 8081), Verdict::Deny);
     }
 

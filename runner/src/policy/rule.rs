@@ -63,7 +63,10 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 pub enum Target {
     Cidr(Cidr),
     /// A DNS name; `wildcard` matches strict subdomains (`*.example.org`).
-    Domain { name: String, wildcard: bool },
+    Domain {
+        name: String,
+        wildcard: bool,
+    },
     /// The host's own loopback services, reached through the gateway address.
     Host,
     Private,

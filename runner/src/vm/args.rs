@@ -53,6 +53,9 @@ pub enum Net {
     Off,
     /// A NIC on QEMU's user network with restrict=on: no egress.
     UserRestricted,
+    /// A NIC whose frames go to cordon's egress gate over the inherited
+    /// stream socket `fd` (never vhost-user networking: it would bypass the gate).
+    Gated { fd: i32 },
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +177,10 @@ pub fn device_args(c: &VmConfig) -> Vec<OsString> {
             v.extend(os(&["-netdev", "user,id=n0,restrict=on,ipv6=off"]));
             v.extend(os(&["-device", &format!("{},netdev=n0", dev(c, "virtio-net-device", "virtio-net-pci"))]));
         }
+        Net::Gated { fd } => {
+            v.extend(os(&["-netdev", &format!("stream,id=n0,addr.type=fd,addr.str={fd}")]));
+            v.extend(os(&["-device", &format!("{},netdev=n0", dev(c, "virtio-net-device", "virtio-net-pci"))]));
+        }
     }
     v
 }
@@ -287,6 +294,13 @@ mod tests {
         assert!(has_pair(&v, "-device", "vhost-vsock-pci,guest-cid=7"));
         assert!(has_pair(&v, "-netdev", "user,id=n0,restrict=on,ipv6=off"));
         assert!(has_pair(&v, "-device", "virtio-net-pci,netdev=n0"));
+
+        let mut c = cfg();
+        c.net = Net::Gated { fd: 3 };
+        let v = s(device_args(&c));
+        assert!(has_pair(&v, "-netdev", "stream,id=n0,addr.type=fd,addr.str=3"));
+        assert!(has_pair(&v, "-device", "virtio-net-device,netdev=n0"));
+        assert!(!v.iter().any(|a| a.contains("vhost-user-net")), "the gate must see every frame");
 
         let mut c = cfg();
         c.control = Control::Serial { socket: "/run/c/agent.sock".into(), name: "org.cordon.agent".into() };

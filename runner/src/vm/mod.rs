@@ -19,9 +19,63 @@ use std::time::{Duration, Instant};
 use crate::agent::AgentClient;
 use crate::backend::{find_agent, new_token, BackendError, Sandbox};
 use crate::janitor::Janitor;
+use crate::netfilter::{DNS_V4, GATEWAY_V4, GATEWAY_V6, GUEST_V4, GUEST_V6};
 use crate::plan::{NetMode, Plan};
 use args::{Accel, Control, Machine, Net, VmConfig};
 use control::{ControlKind, Io, AGENT_PORT, SERIAL_NAME};
+
+/// The fd number QEMU and passt get their end of the frame socket on.
+const QEMU_NET_FD: i32 = 3;
+
+/// Starts passt on one socketpair and the gate between it and QEMU's.
+fn start_gate(
+    plan: &Plan,
+    dir: &Path,
+    janitor: Option<&Janitor>,
+) -> Result<(crate::netfilter::relay::Relay, tokio::process::Child, std::os::unix::net::UnixStream), BackendError> {
+    use crate::netfilter::{gate, relay};
+    use std::os::fd::AsRawFd;
+    let passt_bin = probe::which("passt").ok_or_else(|| {
+        BackendError::PolicyUnenforceable("passt is not installed (scripts/setup.sh installs it)".into())
+    })?;
+    let pair = || {
+        std::os::unix::net::UnixStream::pair()
+            .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })
+    };
+    let (qemu_ours, qemu_theirs) = pair()?;
+    let (passt_ours, passt_theirs) = pair()?;
+    let policy = crate::policy::Policy::new(plan.rules.clone(), plan.net == NetMode::Full);
+    let mut cmd = std::process::Command::new(&passt_bin);
+    cmd.args(["-f", "-q", "--fd", "3"])
+        .args(["-a", &GUEST_V4.to_string(), "-n", "24", "-g", &GATEWAY_V4.to_string()])
+        .args(["-a", &GUEST_V6.to_string(), "-g", &GATEWAY_V6.to_string()])
+        .args(["-D", &DNS_V4.to_string(), "--no-dhcp-search"])
+        .stdin(Stdio::null())
+        .stdout(log_file(dir, "passt.log")?)
+        .stderr(log_file(dir, "passt.log")?);
+    if !policy.allows_icmp() {
+        cmd.arg("--no-icmp");
+    }
+    crate::procs::pass_fd(&mut cmd, passt_theirs.as_raw_fd(), 3);
+    let passt = spawn(cmd, "passt")?;
+    drop(passt_theirs);
+    if let (Some(j), Some(pid)) = (janitor, passt.id()) {
+        j.track(pid, "passt");
+    }
+    let env = crate::policy::Env {
+        gateways: vec![GATEWAY_V4.into(), GATEWAY_V6.into()],
+        host_addrs: crate::netfilter::host_addresses(),
+    };
+    let g = gate::Gate::new(gate::Config { policy, env, dns_addrs: vec![DNS_V4.into()], gateway_v4: GATEWAY_V4 });
+    let tok = |s: std::os::unix::net::UnixStream| {
+        s.set_nonblocking(true)
+            .and_then(|_| tokio::net::UnixStream::from_std(s))
+            .map_err(|source| BackendError::Spawn { what: "gate socket".into(), source })
+    };
+    let relay = relay::Relay::start(g, tok(qemu_ours)?, tok(passt_ours)?, plan.net_log.clone())
+        .map_err(|source| BackendError::Spawn { what: "egress gate".into(), source })?;
+    Ok((relay, passt, qemu_theirs))
+}
 
 /// Must match the agent's `listen::LISTENING_MARKER`.
 const AGENT_LISTENING: &str = "cordon-agent: listening on";
@@ -43,6 +97,8 @@ struct VmGuard {
     dir: Option<tempfile::TempDir>,
     janitor: Option<Janitor>,
     acked: bool,
+    relay: Option<crate::netfilter::relay::Relay>,
+    passt: Option<tokio::process::Child>,
 }
 
 impl crate::backend::SandboxGuard for VmGuard {
@@ -63,6 +119,12 @@ impl Drop for VmGuard {
                     wait_exit(&mut q, Duration::from_secs(2));
                 }
             }
+        }
+        // The relay writes the audit log's last lines and summary when dropped.
+        drop(self.relay.take());
+        if let Some(mut p) = self.passt.take() {
+            let _ = p.start_kill();
+            wait_exit(&mut p, Duration::from_secs(2));
         }
         if let Some(mut d) = self.daemon.take() {
             let _ = d.start_kill();
@@ -138,6 +200,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         dir: Some(dir),
         janitor: Some(janitor),
         acked: false,
+        relay: None,
+        passt: None,
     };
 
     let token = new_token();
@@ -183,11 +247,24 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             format!("serial:{SERIAL_NAME}"),
         ),
     };
-    let net = match plan.net {
-        NetMode::Off => Net::Off,
-        NetMode::None if caps.slirp => Net::UserRestricted,
-        // Without slirp there is no NIC at all, which is stricter still.
-        NetMode::None => Net::Off,
+    let mut qemu_net_fd: Option<std::os::unix::net::UnixStream> = None;
+    let net = if plan.gated() {
+        let (relay, passt, qemu_end) = start_gate(plan, &d, guard.janitor.as_ref())?;
+        guard.relay = Some(relay);
+        guard.passt = Some(passt);
+        qemu_net_fd = Some(qemu_end);
+        Net::Gated { fd: QEMU_NET_FD }
+    } else {
+        match plan.net {
+            NetMode::None if caps.slirp => Net::UserRestricted,
+            // Without slirp there is no NIC at all, which is stricter still.
+            _ => Net::Off,
+        }
+    };
+    let net_param = match net {
+        Net::Off => String::new(),
+        Net::UserRestricted => format!(" cordon.net={GUEST_V4}/24,{GATEWAY_V4},{DNS_V4}"),
+        Net::Gated { .. } => format!(" cordon.net={GUEST_V4}/24,{GATEWAY_V4},{DNS_V4},{GUEST_V6}/64,{GATEWAY_V6}"),
     };
     let cfg = VmConfig {
         machine,
@@ -205,6 +282,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
                     c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
                 }
             }
+            c.push_str(&net_param);
             if let Some(extra) = std::env::var_os("CORDON_KERNEL_APPEND") {
                 c.push(' ');
                 c.push_str(&extra.to_string_lossy());
@@ -222,8 +300,13 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         .stdin(Stdio::null())
         .stdout(log_file(&d, "qemu.log")?)
         .stderr(log_file(&d, "qemu.log")?);
+    if let Some(s) = &qemu_net_fd {
+        use std::os::fd::AsRawFd;
+        crate::procs::pass_fd(&mut cmd, s.as_raw_fd(), QEMU_NET_FD);
+    }
     tracing::debug!(?cmd, "starting qemu");
     let qemu = spawn(cmd, &qemu_bin.display().to_string())?;
+    drop(qemu_net_fd);
     if let (Some(j), Some(pid)) = (&guard.janitor, qemu.id()) {
         j.track(pid, "qemu-system");
     }
@@ -246,6 +329,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         match net {
             Net::Off => "off (no NIC)",
             Net::UserRestricted => "none (user net, restrict=on)",
+            Net::Gated { .. } => "gated (cordon egress gate -> passt)",
         }
     );
     Ok(Sandbox { client, description, console: Some(d.join("console.log")), guard: Box::new(guard) })
