@@ -58,6 +58,9 @@ pub struct Plan {
     /// Prefix each output line with the step name.
     pub prefix: bool,
     pub agent: Option<PathBuf>,
+    /// Benchmarks only (never set from flags or files): relay frames to
+    /// passt without judging them, to measure what the gate itself costs.
+    pub bench_gate_passthrough: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -260,6 +263,7 @@ impl Plan {
             json: a.json,
             prefix: a.prefix,
             agent: a.agent.clone(),
+            bench_gate_passthrough: false,
         })
     }
 }

@@ -70,6 +70,18 @@ fn flush_log(gate: &Mutex<Gate>, log: &Option<Arc<Mutex<std::fs::File>>>) {
 impl Relay {
     /// Starts relaying between `guest` and `passt` through `gate`.
     pub fn start(gate: Gate, guest: UnixStream, passt: UnixStream, log: Option<PathBuf>) -> std::io::Result<Relay> {
+        Self::start_with(gate, guest, passt, log, true)
+    }
+
+    /// `judge: false` forwards every frame unjudged: for the benchmark's
+    /// "passt alone" baseline only.
+    pub fn start_with(
+        gate: Gate,
+        guest: UnixStream,
+        passt: UnixStream,
+        log: Option<PathBuf>,
+        judge: bool,
+    ) -> std::io::Result<Relay> {
         let log = match log {
             Some(p) => Some(Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?))),
             None => None,
@@ -95,7 +107,7 @@ impl Relay {
                         break;
                     }
                 }
-                let action = g2.lock().expect("gate lock").outbound(&buf);
+                let action = if judge { g2.lock().expect("gate lock").outbound(&buf) } else { Outbound::Forward };
                 if trace {
                     eprintln!("gate out {:?} -> {:?}", super::packet::parse(&buf), matches!(action, Outbound::Forward));
                 }
@@ -131,7 +143,7 @@ impl Relay {
         let inbound = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(MAX_FRAME);
             while let Ok(true) = read_frame(&mut p_r, &mut buf).await {
-                let pass = g2.lock().expect("gate lock").inbound(&buf);
+                let pass = !judge || g2.lock().expect("gate lock").inbound(&buf);
                 if trace {
                     eprintln!("gate in {:?} -> {pass}", super::packet::parse(&buf));
                 }

@@ -72,7 +72,8 @@ fn start_gate(
             .and_then(|_| tokio::net::UnixStream::from_std(s))
             .map_err(|source| BackendError::Spawn { what: "gate socket".into(), source })
     };
-    let relay = relay::Relay::start(g, tok(qemu_ours)?, tok(passt_ours)?, plan.net_log.clone())
+    let judge = !plan.bench_gate_passthrough;
+    let relay = relay::Relay::start_with(g, tok(qemu_ours)?, tok(passt_ours)?, plan.net_log.clone(), judge)
         .map_err(|source| BackendError::Spawn { what: "egress gate".into(), source })?;
     Ok((relay, passt, qemu_theirs))
 }
