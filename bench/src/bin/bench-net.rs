@@ -23,8 +23,11 @@ struct Args {
     conns: u32,
 }
 
-/// A sink that records (bytes, seconds from accept to EOF) per connection.
-fn sink() -> (u16, Arc<Mutex<Vec<(u64, f64)>>>) {
+/// (bytes, seconds from accept to EOF) per connection.
+type Records = Arc<Mutex<Vec<(u64, f64)>>>;
+
+/// A sink that records every connection it accepts.
+fn sink() -> (u16, Records) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let rec = Arc::new(Mutex::new(Vec::new()));
