@@ -62,6 +62,14 @@ pub fn checks() -> Vec<Check> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "not installed (cargo install vhost-device-vsock)".into()),
     });
+    let passt = probe::which("passt");
+    v.push(Check {
+        name: "passt",
+        ok: passt.is_some(),
+        detail: passt
+            .map(|p| format!("{}: --net full and --allow/--deny go through the egress gate", p.display()))
+            .unwrap_or_else(|| "not installed: --net full and rules cannot be enforced (exit 125)".into()),
+    });
     let ctl = control::choose(control::ControlChoice::Auto).map(|k| k.describe().to_string()).unwrap_or_else(|e| e);
     v.push(Check { name: "control", ok: true, detail: format!("{ctl} would be used") });
     v
