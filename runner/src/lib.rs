@@ -19,4 +19,7 @@ pub mod run;
 pub mod vm;
 
 /// Target triple of the static guest agent build (scripts/build-agent.sh).
+#[cfg(target_arch = "aarch64")]
+pub const AGENT_TRIPLE: &str = "aarch64-unknown-linux-gnu";
+#[cfg(not(target_arch = "aarch64"))]
 pub const AGENT_TRIPLE: &str = "x86_64-unknown-linux-gnu";

@@ -169,6 +169,10 @@ impl Gate {
             if let L4::Udp { dport: 53, ref payload, .. } = ip.l4 {
                 return self.dns(frame, &ip, payload.clone());
             }
+            // Anything else to the DNS address (DNS over TCP included) would
+            // reach passt's own resolver forwarding: never let it through.
+            self.denied += 1;
+            return self.refuse(frame, &ip);
         }
         let (proto, sport, dport, first) = match ip.l4 {
             L4::Tcp { sport, dport, flags, .. } => {
@@ -379,5 +383,73 @@ impl Gate {
 
     pub fn open_flows(&self) -> usize {
         self.flows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_rules;
+
+    fn gate(allow: &[&str], full: bool) -> Gate {
+        let rules = parse_rules(&allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &[]).unwrap();
+        Gate::new(Config {
+            policy: Policy::new(rules, full),
+            env: Env { gateways: vec!["10.0.2.2".parse().unwrap()], host_addrs: vec!["192.0.2.2".parse().unwrap()] },
+            dns_addrs: vec!["10.0.2.3".parse().unwrap()],
+            gateway_v4: "10.0.2.2".parse().unwrap(),
+        })
+    }
+
+    /// A minimal Ethernet+IPv4+TCP frame with the given flags.
+    fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let (s, d): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+        let mut f = vec![2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 0x08, 0x00];
+        let mut h = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        h.extend_from_slice(&s.octets());
+        h.extend_from_slice(&d.octets());
+        f.extend_from_slice(&h);
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = flags;
+        f.extend_from_slice(&t);
+        f
+    }
+
+    #[test]
+    fn test_flow_decided_on_syn_and_replies_follow() {
+        let mut g = gate(&["203.0.113.0/24:443"], false);
+        assert_eq!(g.outbound(&tcp("10.0.2.15", "203.0.113.5", 5000, 443, TCP_SYN)), Outbound::Forward);
+        assert!(g.inbound(&tcp("203.0.113.5", "10.0.2.15", 443, 5000, TCP_SYN | TCP_ACK)));
+        assert!(!g.inbound(&tcp("203.0.113.5", "10.0.2.15", 443, 5001, TCP_ACK)), "no flow, no entry");
+        assert_eq!(g.open_flows(), 1);
+        assert!(matches!(g.outbound(&tcp("10.0.2.15", "203.0.113.5", 5002, 80, TCP_SYN)), Outbound::Reply(_)));
+        // Mid-stream segments without a flow are reset, not forwarded.
+        assert!(matches!(g.outbound(&tcp("10.0.2.15", "203.0.113.5", 6000, 443, TCP_ACK)), Outbound::Reply(_)));
+        // FIN both ways closes and records the flow.
+        assert_eq!(g.outbound(&tcp("10.0.2.15", "203.0.113.5", 5000, 443, TCP_FIN | TCP_ACK)), Outbound::Forward);
+        assert!(g.inbound(&tcp("203.0.113.5", "10.0.2.15", 443, 5000, TCP_FIN | TCP_ACK)));
+        assert_eq!(g.open_flows(), 0);
+        assert!(g.closed.iter().any(|r| r.port == 443 && r.verdict == Verdict::Allow && r.bytes_in > 0));
+        assert!(g.closed.iter().any(|r| r.port == 80 && r.verdict == Verdict::Deny));
+    }
+
+    #[test]
+    fn test_dns_address_only_takes_udp_53() {
+        let mut g = gate(&[], true);
+        assert!(matches!(g.outbound(&tcp("10.0.2.15", "10.0.2.3", 5000, 53, TCP_SYN)), Outbound::Reply(_)));
+    }
+
+    #[test]
+    fn test_flow_table_is_bounded() {
+        let mut g = gate(&[], true);
+        for i in 0..(MAX_FLOWS as u32 + 10) {
+            let port = 1024 + (i % 60000) as u16;
+            let dst = format!("203.0.{}.{}", 113 + i / 60000, 1);
+            let _ = g.outbound(&tcp("10.0.2.15", &dst, port, 443, TCP_SYN));
+        }
+        assert!(g.open_flows() <= MAX_FLOWS);
     }
 }
