@@ -7,4 +7,6 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/setup.sh
 scripts/build-agent.sh >/dev/null
 cargo build --workspace --quiet
+# Build (or reuse) the guest image once, before the VM tests run in parallel.
+CORDON_AGENT="$PWD/target/agent/$(uname -m)-unknown-linux-gnu/release/cordon-agent" target/debug/cordon image build >/dev/null
 cargo test --workspace --quiet "$@"

@@ -1,6 +1,6 @@
 //! The egress gate with real QEMU (tcg) and passt: host services, metadata,
 //! CIDR/port rules against test hosts in a network namespace this test
-//! creates (veth, TEST-NET-3 and 2001:db8::/32 addresses), domain rules
+//! creates (veth, TEST-NET-2 (TEST-NET-3 is where this sandbox puts the package registries) and 2001:db8::/32 addresses), domain rules
 //! against the test's own DNS server, and the audit log.
 
 mod common;
@@ -108,7 +108,7 @@ fn test_net_full_still_blocks_metadata_and_gateway() {
     }
 }
 
-/// A network namespace with a veth to the host: 203.0.113.2 and
+/// A network namespace with a veth to the host: 198.51.100.2 and
 /// 2001:db8:7::2 inside, servers on 8081 and 8082. Removed on drop.
 struct TestHost {
     ns: String,
@@ -125,13 +125,13 @@ impl TestHost {
             let st = Command::new("sh").args(["-c", c]).status().unwrap();
             assert!(st.success(), "setup failed: {c}");
         };
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
         sh(&format!("ip netns add {ns}"));
         sh(&format!("ip link add {veth} type veth peer name {veth}p"));
         sh(&format!("ip link set {veth}p netns {ns}"));
-        sh(&format!("ip addr add 203.0.113.1/24 dev {veth} && ip -6 addr add 2001:db8:7::1/64 dev {veth} nodad && ip link set {veth} up"));
+        sh(&format!("ip addr add 198.51.100.1/24 dev {veth} && ip -6 addr add 2001:db8:7::1/64 dev {veth} nodad && ip link set {veth} up"));
         sh(&format!(
-            "ip netns exec {ns} sh -c 'ip addr add 203.0.113.2/24 dev {veth}p && ip -6 addr add 2001:db8:7::2/64 dev {veth}p nodad \
+            "ip netns exec {ns} sh -c 'ip addr add 198.51.100.2/24 dev {veth}p && ip -6 addr add 2001:db8:7::2/64 dev {veth}p nodad \
              && ip link set {veth}p up && ip link set lo up'"
         ));
         let mut servers = Vec::new();
@@ -147,7 +147,7 @@ impl TestHost {
         for port in [8081, 8082] {
             let ok = (0..100).any(|_| {
                 std::thread::sleep(std::time::Duration::from_millis(50));
-                std::net::TcpStream::connect(("203.0.113.2", port)).is_ok()
+                std::net::TcpStream::connect(("198.51.100.2", port)).is_ok()
             });
             assert!(ok, "test host server {port} did not come up");
         }
@@ -174,8 +174,8 @@ fn test_net_cidr_port_rules_v4_v6_and_embedded_v4() {
     let _host = TestHost::new();
     let log = tempfile::NamedTempFile::new().unwrap();
     let script = [
-        probe("V4A", "203.0.113.2", 8081),
-        probe("V4B", "203.0.113.2", 8082),
+        probe("V4A", "198.51.100.2", 8081),
+        probe("V4B", "198.51.100.2", 8082),
         probe("V6A", "2001:db8:7::2", 8081),
         probe("V6B", "2001:db8:7::2", 8082),
     ]
@@ -183,7 +183,7 @@ fn test_net_cidr_port_rules_v4_v6_and_embedded_v4() {
     let (code, out, err) = run_vm(
         &[
             "--allow",
-            "203.0.113.2:8081",
+            "198.51.100.2:8081",
             "--allow",
             "[2001:db8:7::/64]:8081",
             "--net-log",
@@ -201,14 +201,14 @@ fn test_net_cidr_port_rules_v4_v6_and_embedded_v4() {
     // host must not get around it, while the plain IPv6 address still works.
     let log2 = tempfile::NamedTempFile::new().unwrap();
     let script = [
-        probe("DENY4", "203.0.113.2", 8081),
-        probe("NAT64", "64:ff9b::cb00:7102", 8081),
-        probe("SIXTOFOUR", "2002:cb00:7102::1", 8081),
+        probe("DENY4", "198.51.100.2", 8081),
+        probe("NAT64", "64:ff9b::c633:6402", 8081),
+        probe("SIXTOFOUR", "2002:c633:6402::1", 8081),
         probe("V6", "2001:db8:7::2", 8081),
     ]
     .concat();
     let (code, out, err) =
-        run_vm(&["--net", "full", "--deny", "203.0.113.0/24", "--net-log", log2.path().to_str().unwrap()], &script);
+        run_vm(&["--net", "full", "--deny", "198.51.100.0/24", "--net-log", log2.path().to_str().unwrap()], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("DENY4:refused"), "{out}");
     assert!(out.contains("NAT64:refused"), "{out}");
@@ -250,12 +250,12 @@ fn test_net_domain_rules_nxdomain_without_upstream_query_and_rebinding() {
     let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let _host = TestHost::new();
     let (dns, seen, _count) =
-        dns_server(vec![("pkg.allowed.test", "203.0.113.2"), ("rebind.allowed.test", "10.1.2.3")]);
+        dns_server(vec![("pkg.allowed.test", "198.51.100.2"), ("rebind.allowed.test", "10.1.2.3")]);
     let log = tempfile::NamedTempFile::new().unwrap();
-    let script = "nslookup pkg.allowed.test 10.0.2.3 > /tmp/ok 2>&1; grep -q 203.0.113.2 /tmp/ok && echo RESOLVED; \
+    let script = "nslookup pkg.allowed.test 10.0.2.3 > /tmp/ok 2>&1; grep -q 198.51.100.2 /tmp/ok && echo RESOLVED; \
                   nslookup secret-data.exfil.test 10.0.2.3 > /tmp/nx 2>&1; grep -qi 'NXDOMAIN\\|can.t find' /tmp/nx && echo NXDOMAIN; \
                   nslookup rebind.allowed.test 10.0.2.3 > /tmp/rb 2>&1; grep -q 10.1.2.3 /tmp/rb && echo REBOUND; ";
-    let script = format!("{script}{}{}", probe("NAMED", "203.0.113.2", 8081), probe("NAMEDB", "203.0.113.2", 8082));
+    let script = format!("{script}{}{}", probe("NAMED", "198.51.100.2", 8081), probe("NAMEDB", "198.51.100.2", 8082));
     let mut full =
         vec!["run", "--accel", "tcg", "--allow", "*.allowed.test:8081", "--net-log", log.path().to_str().unwrap()];
     full.extend_from_slice(&["--", "sh", "-c", &script]);
