@@ -5,8 +5,6 @@
 use cordon::agent::{AgentClient, ExecEvent};
 use cordon_bench::{ms, percentile, profile_dir, static_agent};
 use cordon_protocol::Exec;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,20 +58,7 @@ fn time_cmd(cmd: &mut Command) -> Duration {
 
 async fn round_trips() -> (Duration, Duration, usize) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-    let theirs = OwnedFd::from(theirs);
-    let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(static_agent());
-    cmd.args(["--listen", "fd:3"]).env("CORDON_AGENT_TOKEN", "bench");
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::dup2(fd, 3);
-            libc::fcntl(3, libc::F_SETFD, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawning the agent");
+    let mut child = cordon::backend::local::agent_command(&static_agent(), &theirs, "bench").spawn().expect("agent");
     drop(theirs);
     ours.set_nonblocking(true).expect("nonblocking");
     let stream = tokio::net::UnixStream::from_std(ours).expect("tokio stream");

@@ -1,8 +1,8 @@
 //! The local-agent backend, for development only: the agent runs as a plain
 //! host process connected over a socketpair. It isolates nothing and says so.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::Duration;
 
 use super::{find_agent, new_token, BackendError, Sandbox};
@@ -23,26 +23,23 @@ impl Drop for Guard {
     }
 }
 
+/// A command that starts the agent serving `conn` (one end of a connected
+/// socket) as its fd 3, dying with this process. Drop `conn` after spawning.
+pub fn agent_command(agent: &Path, conn: &impl AsRawFd, token: &str) -> std::process::Command {
+    let fd = conn.as_raw_fd();
+    let mut cmd = std::process::Command::new(agent);
+    cmd.arg("--listen").arg("fd:3").env("CORDON_AGENT_TOKEN", token).stdin(std::process::Stdio::null());
+    crate::procs::pass_fd(&mut cmd, fd, 3);
+    crate::procs::die_with_parent(&mut cmd);
+    cmd
+}
+
 pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     let agent = find_agent(plan.agent.as_deref())?;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
-    let theirs = OwnedFd::from(theirs);
-    let fd = theirs.as_raw_fd();
     let token = new_token();
-    let mut cmd = std::process::Command::new(&agent);
-    cmd.arg("--listen").arg("fd:3").env("CORDON_AGENT_TOKEN", &token).stdin(std::process::Stdio::null());
-    // SAFETY: async-signal-safe calls only (dup2, fcntl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::fcntl(3, libc::F_SETFD, 0);
-            Ok(())
-        });
-    }
-    crate::procs::die_with_parent(&mut cmd);
+    let cmd = agent_command(&agent, &theirs, &token);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let child = cmd.spawn().map_err(|source| BackendError::Spawn { what: agent.display().to_string(), source })?;

@@ -4,8 +4,6 @@
 
 use cordon::agent::{AgentClient, ExecEvent, ExecHandle};
 use cordon_protocol::{Exec, ExitStatus};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,19 +53,8 @@ impl Drop for ChildGuard {
 /// A raw connected socket to a fresh agent (no handshake done).
 pub fn spawn_raw_agent(token: &str) -> (std::os::unix::net::UnixStream, std::process::Child) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-    let theirs = OwnedFd::from(theirs);
-    let fd = theirs.as_raw_fd();
-    let mut cmd = std::process::Command::new(static_agent_bin());
-    cmd.args(["--listen", "fd:3"]).env("CORDON_AGENT_TOKEN", token).env("CORDON_AGENT_LOG", "error");
-    // SAFETY: dup2/fcntl/prctl are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::dup2(fd, 3);
-            libc::fcntl(3, libc::F_SETFD, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    let mut cmd = cordon::backend::local::agent_command(&static_agent_bin(), &theirs, token);
+    cmd.env("CORDON_AGENT_LOG", "error");
     let child = cmd.spawn().expect("spawning cordon-agent");
     drop(theirs);
     (ours, child)
