@@ -88,7 +88,8 @@ fn main() {
     let a = Args::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut results = serde_json::Map::new();
-    for (label, judge) in [("passt_alone", false), ("through_gate", true)] {
+    // Interleaved, twice each, best kept: TCG throughput drifts with load.
+    for (label, judge) in [("passt_alone", false), ("through_gate", true), ("passt_alone", false), ("through_gate", true)] {
         let (port, rec) = sink();
         let bulk = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null | nc -w 1 10.0.2.2 {port}", a.mib * 16);
         rt.block_on(run(&a.accel, judge, port, &bulk));
@@ -100,6 +101,11 @@ fn main() {
         let d = rt.block_on(run(&a.accel, judge, port2, &conns));
         std::thread::sleep(Duration::from_millis(300));
         let done = rec2.lock().unwrap().len();
+        let prev = results.get(label).and_then(|v| v["bulk_mib_s"].as_f64()).unwrap_or(0.0);
+        let mib_s = (bytes as f64 / (1 << 20) as f64 / secs * 10.0).round() / 10.0;
+        if mib_s < prev {
+            continue;
+        }
         results.insert(
             label.into(),
             serde_json::json!({
