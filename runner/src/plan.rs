@@ -58,8 +58,8 @@ pub struct Plan {
     /// Prefix each output line with the step name.
     pub prefix: bool,
     pub agent: Option<PathBuf>,
-    /// Benchmarks only (never set from flags or files): relay frames to
-    /// passt without judging them, to measure what the gate itself costs.
+    /// Benchmarks only (never set from flags or files): connect QEMU to
+    /// passt directly, without the gate, to measure what the gate costs.
     pub bench_gate_passthrough: bool,
 }
 

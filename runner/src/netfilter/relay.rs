@@ -16,7 +16,9 @@ use super::gate::{Gate, Outbound};
 /// Larger than any frame passt or QEMU sends (MTU 65520 + Ethernet header).
 pub const MAX_FRAME: usize = 65_600;
 
-async fn read_frame(r: &mut tokio::net::unix::OwnedReadHalf, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+type Reader = tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>;
+
+async fn read_frame(r: &mut Reader, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -32,15 +34,23 @@ async fn read_frame(r: &mut tokio::net::unix::OwnedReadHalf, buf: &mut Vec<u8>) 
     Ok(true)
 }
 
-fn writer(mut w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+/// Writes queued frames, batching whatever is queued into one write.
+fn writer(w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(512);
     let task = tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            let mut out = Vec::with_capacity(4 + f.len());
-            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            out.extend_from_slice(&f);
-            if w.write_all(&out).await.is_err() {
-                break;
+        let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, w);
+        while let Some(mut f) = rx.recv().await {
+            loop {
+                if w.write_all(&(f.len() as u32).to_be_bytes()).await.is_err() || w.write_all(&f).await.is_err() {
+                    return;
+                }
+                match rx.try_recv() {
+                    Ok(next) => f = next,
+                    Err(_) => break,
+                }
+            }
+            if w.flush().await.is_err() {
+                return;
             }
         }
     });
@@ -70,25 +80,15 @@ fn flush_log(gate: &Mutex<Gate>, log: &Option<Arc<Mutex<std::fs::File>>>) {
 impl Relay {
     /// Starts relaying between `guest` and `passt` through `gate`.
     pub fn start(gate: Gate, guest: UnixStream, passt: UnixStream, log: Option<PathBuf>) -> std::io::Result<Relay> {
-        Self::start_with(gate, guest, passt, log, true)
-    }
-
-    /// `judge: false` forwards every frame unjudged: for the benchmark's
-    /// "passt alone" baseline only.
-    pub fn start_with(
-        gate: Gate,
-        guest: UnixStream,
-        passt: UnixStream,
-        log: Option<PathBuf>,
-        judge: bool,
-    ) -> std::io::Result<Relay> {
         let log = match log {
             Some(p) => Some(Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?))),
             None => None,
         };
         let gate = Arc::new(Mutex::new(gate));
-        let (mut g_r, g_w) = guest.into_split();
-        let (mut p_r, p_w) = passt.into_split();
+        let (g_r, g_w) = guest.into_split();
+        let (p_r, p_w) = passt.into_split();
+        let mut g_r = tokio::io::BufReader::with_capacity(256 * 1024, g_r);
+        let mut p_r = tokio::io::BufReader::with_capacity(256 * 1024, p_r);
         let (to_guest, wg) = writer(g_w);
         let (to_passt, wp) = writer(p_w);
         let upstream = dns::upstream();
@@ -107,13 +107,14 @@ impl Relay {
                         break;
                     }
                 }
-                let action = if judge { g2.lock().expect("gate lock").outbound(&buf) } else { Outbound::Forward };
+                let action = g2.lock().expect("gate lock").outbound(&buf);
                 if trace {
                     eprintln!("gate out {:?} -> {:?}", super::packet::parse(&buf), matches!(action, Outbound::Forward));
                 }
                 match action {
                     Outbound::Forward => {
-                        if tp.send(buf.clone()).await.is_err() {
+                        let frame = std::mem::replace(&mut buf, Vec::with_capacity(2048));
+                        if tp.send(frame).await.is_err() {
                             break;
                         }
                     }
@@ -143,12 +144,15 @@ impl Relay {
         let inbound = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(MAX_FRAME);
             while let Ok(true) = read_frame(&mut p_r, &mut buf).await {
-                let pass = !judge || g2.lock().expect("gate lock").inbound(&buf);
+                let pass = g2.lock().expect("gate lock").inbound(&buf);
                 if trace {
                     eprintln!("gate in {:?} -> {pass}", super::packet::parse(&buf));
                 }
-                if pass && tg.send(buf.clone()).await.is_err() {
-                    break;
+                if pass {
+                    let frame = std::mem::replace(&mut buf, Vec::with_capacity(2048));
+                    if tg.send(frame).await.is_err() {
+                        break;
+                    }
                 }
             }
         });

@@ -32,7 +32,8 @@ fn start_gate(
     plan: &Plan,
     dir: &Path,
     janitor: Option<&Janitor>,
-) -> Result<(crate::netfilter::relay::Relay, tokio::process::Child, std::os::unix::net::UnixStream), BackendError> {
+) -> Result<(Option<crate::netfilter::relay::Relay>, tokio::process::Child, std::os::unix::net::UnixStream), BackendError>
+{
     use crate::netfilter::{gate, relay};
     use std::os::fd::AsRawFd;
     let passt_bin = probe::which("passt").ok_or_else(|| {
@@ -72,10 +73,14 @@ fn start_gate(
             .and_then(|_| tokio::net::UnixStream::from_std(s))
             .map_err(|source| BackendError::Spawn { what: "gate socket".into(), source })
     };
-    let judge = !plan.bench_gate_passthrough;
-    let relay = relay::Relay::start_with(g, tok(qemu_ours)?, tok(passt_ours)?, plan.net_log.clone(), judge)
+    if plan.bench_gate_passthrough {
+        // Benchmarks only: QEMU talks to passt directly, no gate at all.
+        drop((qemu_ours, qemu_theirs, g));
+        return Ok((None, passt, passt_ours));
+    }
+    let relay = relay::Relay::start(g, tok(qemu_ours)?, tok(passt_ours)?, plan.net_log.clone())
         .map_err(|source| BackendError::Spawn { what: "egress gate".into(), source })?;
-    Ok((relay, passt, qemu_theirs))
+    Ok((Some(relay), passt, qemu_theirs))
 }
 
 /// Must match the agent's `listen::LISTENING_MARKER`.
@@ -251,7 +256,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let mut qemu_net_fd: Option<std::os::unix::net::UnixStream> = None;
     let net = if plan.gated() {
         let (relay, passt, qemu_end) = start_gate(plan, &d, guard.janitor.as_ref())?;
-        guard.relay = Some(relay);
+        guard.relay = relay;
         guard.passt = Some(passt);
         qemu_net_fd = Some(qemu_end);
         Net::Gated { fd: QEMU_NET_FD }
