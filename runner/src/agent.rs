@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cordon_protocol::archive::{pack_to_channel, unpack, StreamDigest};
 use cordon_protocol::{
     Channel, ErrorCode, Exec, ExecFailure, ExitStatus, Frame, FrameReader, FrameWriter, Hello, Kind, Message, Ready,
-    Window, CONNECTION_STREAM, DATA_CHUNK, FLAG_EOF, VERSION_MAX, VERSION_MIN,
+    Window, CONNECTION_STREAM, DATA_CHUNK, FLAG_EOF, INITIAL_WINDOW, VERSION_MAX, VERSION_MIN,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,6 +44,42 @@ struct Slot {
     tx: mpsc::UnboundedSender<Inbound>,
     /// Windows for what this client sends on the stream (stdin, archive).
     send_win: Option<(Channel, Window)>,
+    /// What is queued here and not yet consumed: a hostile agent that
+    /// ignores flow control is cut off instead of growing the queue.
+    queued: Arc<Queued>,
+}
+
+#[derive(Default)]
+struct Queued {
+    bytes: std::sync::atomic::AtomicU64,
+    msgs: AtomicU32,
+}
+
+/// Data an agent may have queued on one stream: every data channel's window.
+const MAX_QUEUED_BYTES: u64 = 3 * INITIAL_WINDOW as u64;
+/// Control messages an agent may have queued on one stream.
+const MAX_QUEUED_MSGS: u32 = 256;
+
+/// The receiving end of one stream, keeping the queue accounting.
+struct StreamRx {
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    queued: Arc<Queued>,
+}
+
+impl StreamRx {
+    async fn recv(&mut self) -> Option<Inbound> {
+        let m = self.rx.recv().await;
+        match &m {
+            Some(Inbound::Data { body, .. }) => {
+                self.queued.bytes.fetch_sub(body.len() as u64, Ordering::AcqRel);
+            }
+            Some(Inbound::Msg(_)) => {
+                self.queued.msgs.fetch_sub(1, Ordering::AcqRel);
+            }
+            None => {}
+        }
+        m
+    }
 }
 
 struct Shared {
@@ -65,10 +101,11 @@ impl Shared {
         AgentError::Lost(self.lost.lock().expect("lost lock").clone())
     }
 
-    fn register(&self, stream: u32, send_win: Option<(Channel, Window)>) -> mpsc::UnboundedReceiver<Inbound> {
+    fn register(&self, stream: u32, send_win: Option<(Channel, Window)>) -> StreamRx {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.streams.lock().expect("streams lock").insert(stream, Slot { tx, send_win });
-        rx
+        let queued = Arc::new(Queued::default());
+        self.streams.lock().expect("streams lock").insert(stream, Slot { tx, send_win, queued: queued.clone() });
+        StreamRx { rx, queued }
     }
 
     fn unregister(&self, stream: u32) {
@@ -82,7 +119,7 @@ impl Shared {
 
 pub struct AgentClient {
     shared: Arc<Shared>,
-    conn_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Inbound>>,
+    conn_rx: tokio::sync::Mutex<StreamRx>,
     next_stream: AtomicU32,
     pub ready: Ready,
     pub version: u32,
@@ -225,7 +262,7 @@ impl AgentClient {
         kind: Kind,
         win: &Window,
         c: Bytes,
-        rx: &mut mpsc::UnboundedReceiver<Inbound>,
+        rx: &mut StreamRx,
     ) -> Result<(), AgentError> {
         // An early error reply (bad dest, say) must not leave us waiting for credit.
         tokio::select! {
@@ -235,13 +272,7 @@ impl AgentClient {
         self.shared.send(Frame::new(stream, kind, 0, c)).await
     }
 
-    async fn finish_put(
-        &self,
-        stream: u32,
-        size: u64,
-        sha256: String,
-        rx: &mut mpsc::UnboundedReceiver<Inbound>,
-    ) -> Result<u64, AgentError> {
+    async fn finish_put(&self, stream: u32, size: u64, sha256: String, rx: &mut StreamRx) -> Result<u64, AgentError> {
         self.shared.send(Frame::new(stream, Kind::ARCHIVE, FLAG_EOF, Bytes::new())).await?;
         self.shared.msg(stream, &Message::ArchiveEnd { size, sha256 }).await?;
         match rx.recv().await {
@@ -343,7 +374,7 @@ impl AgentClient {
 
 /// Messages arriving on a stream opened with `raw_stream`.
 pub struct RawStream {
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    rx: StreamRx,
     shared: Arc<Shared>,
 }
 
@@ -396,10 +427,27 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: FrameR
                 }
             }
         } else {
+            if f.body.is_empty() {
+                // End-of-stream markers carry nothing the client waits for.
+                continue;
+            }
             Inbound::Data { kind: f.kind, body: f.body }
         };
         let streams = shared.streams.lock().expect("streams lock");
         if let Some(slot) = streams.get(&f.stream) {
+            match &inbound {
+                Inbound::Data { body, .. } => {
+                    let now = slot.queued.bytes.fetch_add(body.len() as u64, Ordering::AcqRel) + body.len() as u64;
+                    if now > MAX_QUEUED_BYTES {
+                        break Some(format!("the agent sent stream {} data beyond its flow-control window", f.stream));
+                    }
+                }
+                Inbound::Msg(_) => {
+                    if slot.queued.msgs.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_MSGS {
+                        break Some(format!("the agent flooded stream {} with control messages", f.stream));
+                    }
+                }
+            }
             let _ = slot.tx.send(inbound);
         }
     };
@@ -432,7 +480,7 @@ pub enum StartError {
 pub struct ExecHandle {
     shared: Arc<Shared>,
     stream: u32,
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    rx: StreamRx,
     stdin_win: Window,
     done: bool,
 }
