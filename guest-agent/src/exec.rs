@@ -109,7 +109,8 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
             let _ = p.await;
         }
     };
-    if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
+    let output_cut = tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err();
+    if output_cut {
         tracing::warn!(stream, "output still open after the tree was killed; closing it");
         stdout_win.close();
         stderr_win.close();
@@ -134,6 +135,7 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
         oom_killed,
         wall_ms: started.elapsed().as_millis() as u64,
         peak_rss_kb: maxrss,
+        output_cut,
     };
     out.msg(stream, &Message::Exit(status)).await;
 }

@@ -140,6 +140,11 @@ pub struct ExitStatus {
     pub wall_ms: u64,
     /// Peak resident set size of the process and its waited-for children.
     pub peak_rss_kb: u64,
+    /// Output was cut: a process outside the step's tree (one that escaped
+    /// it where no cgroup exists) still held stdout/stderr open after the
+    /// tree was gone, and the agent stopped reading. Never set silently.
+    #[serde(default)]
+    pub output_cut: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -323,8 +323,17 @@ fn report_step(out: &mut Output, step: &Step, end: &StepEnd, code: u8) -> Result
             if out.json {
                 out.event(json!({"event": "step_exited", "step": step.name, "exit_code": st.code, "signal": st.signal,
                     "timed_out": st.timed_out || job_timed_out, "job_timed_out": job_timed_out, "oom_killed": st.oom_killed,
-                    "cancelled": cancelled, "wall_ms": st.wall_ms, "peak_rss_kb": st.peak_rss_kb, "cordon_exit_code": code}))?;
-            } else if job_timed_out {
+                    "cancelled": cancelled, "wall_ms": st.wall_ms, "peak_rss_kb": st.peak_rss_kb,
+                    "output_cut": st.output_cut, "cordon_exit_code": code}))?;
+                return Ok(());
+            }
+            if st.output_cut {
+                eprintln!(
+                    "cordon: step {:?}: output was cut: a process outside the step's tree kept its stdout/stderr open",
+                    step.name
+                );
+            }
+            if job_timed_out {
                 eprintln!("cordon: the job timed out during step {:?}; its process tree was killed", step.name);
             } else if st.timed_out {
                 eprintln!(

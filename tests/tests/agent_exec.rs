@@ -191,3 +191,22 @@ async fn test_lost_connection_kills_running_tree() {
     let st = child.0.wait().unwrap();
     assert_eq!(st.code(), Some(0), "agent should exit cleanly after its fd connection ends");
 }
+
+#[tokio::test]
+async fn test_exec_escaped_holder_of_stdout_is_reported_not_hidden() {
+    // Without a cgroup (local agent), a process that leaves the session and
+    // keeps stdout open outlives the tree kill; the exit must say output was cut.
+    let a = spawn_agent().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escaped.pid");
+    let script = format!("setsid sh -c 'echo $$ > {p}; exec sleep 60' & sleep 0.3; echo done", p = pidfile.display());
+    let r = run(&a.client, Exec { grace_ms: Some(100), ..exec(&["sh", "-c", &script]) }).await;
+    assert_eq!(r.stdout, b"done\n");
+    assert!(r.status.output_cut, "{:?}", r.status);
+    if let Ok(pid) = std::fs::read_to_string(&pidfile).map(|s| s.trim().parse::<i32>().unwrap_or(0)) {
+        if pid > 0 {
+            // SAFETY: killing the test's own escaped sleeper.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
