@@ -12,8 +12,8 @@ pub const HEADER_LEN: usize = 10;
 /// Largest body either side accepts or sends (1 MiB).
 pub const MAX_BODY: u32 = 1 << 20;
 
-/// Largest data chunk the senders in this crate put in one frame (64 KiB).
-pub const DATA_CHUNK: usize = 64 * 1024;
+/// Largest data chunk the senders in this crate put in one frame (256 KiB).
+pub const DATA_CHUNK: usize = 256 * 1024;
 
 /// Frame kind byte. Unknown values are carried through so the connection layer
 /// can answer them with an error instead of dropping the connection.
