@@ -69,7 +69,12 @@ fn cidr(s: &str, p: u8) -> Cidr {
 }
 
 /// The `private` set, without the host's own addresses (added per Env).
-pub fn private_ranges() -> Vec<Cidr> {
+pub fn private_ranges() -> &'static [Cidr] {
+    static RANGES: std::sync::LazyLock<Vec<Cidr>> = std::sync::LazyLock::new(private_ranges_list);
+    &RANGES
+}
+
+fn private_ranges_list() -> Vec<Cidr> {
     vec![
         cidr("10.0.0.0", 8),
         cidr("172.16.0.0", 12),

@@ -51,9 +51,8 @@ fn start_gate(
         .args(["-a", &GUEST_V4.to_string(), "-n", "24", "-g", &GATEWAY_V4.to_string()])
         .args(["-a", &GUEST_V6.to_string(), "-g", &GATEWAY_V6.to_string()])
         .args(["-D", &DNS_V4.to_string(), "--no-dhcp-search"])
-        .stdin(Stdio::null())
-        .stdout(log_file(dir, "passt.log")?)
-        .stderr(log_file(dir, "passt.log")?);
+        .stdin(Stdio::null());
+    log_to(&mut cmd, dir, "passt.log")?;
     if !policy.allows_icmp() {
         cmd.arg("--no-icmp");
     }
@@ -175,6 +174,15 @@ fn spawn(cmd: std::process::Command, what: &str) -> Result<tokio::process::Child
     cmd.spawn().map_err(|source| BackendError::Spawn { what: what.to_string(), source })
 }
 
+/// Points a helper's stdout and stderr at one log file (one open file
+/// description, so the two streams append instead of overwriting each other).
+fn log_to(cmd: &mut std::process::Command, dir: &Path, name: &str) -> Result<(), BackendError> {
+    let f = log_file(dir, name)?;
+    let f2 = f.try_clone().map_err(|source| BackendError::Spawn { what: name.to_string(), source })?;
+    cmd.stdout(f).stderr(f2);
+    Ok(())
+}
+
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, BackendError> {
     std::fs::File::create(dir.join(name)).map_err(|source| BackendError::Spawn { what: name.to_string(), source })
 }
@@ -221,9 +229,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             let mut cmd = std::process::Command::new(daemon);
             cmd.arg("--vm")
                 .arg(format!("guest-cid=3,socket={},uds-path={}", sock.display(), d.join("vsock.sock").display()))
-                .stdin(Stdio::null())
-                .stdout(log_file(&d, "vhost-device-vsock.log")?)
-                .stderr(log_file(&d, "vhost-device-vsock.log")?);
+                .stdin(Stdio::null());
+            log_to(&mut cmd, &d, "vhost-device-vsock.log")?;
             let mut child = spawn(cmd, "vhost-device-vsock")?;
             if let (Some(j), Some(pid)) = (&guard.janitor, child.id()) {
                 j.track(pid, "vhost-device-vsock");
@@ -302,10 +309,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         sandbox: caps.seccomp,
     };
     let mut cmd = std::process::Command::new(&qemu_bin);
-    cmd.args(args::qemu_args(&cfg))
-        .stdin(Stdio::null())
-        .stdout(log_file(&d, "qemu.log")?)
-        .stderr(log_file(&d, "qemu.log")?);
+    cmd.args(args::qemu_args(&cfg)).stdin(Stdio::null());
+    log_to(&mut cmd, &d, "qemu.log")?;
     if let Some(s) = &qemu_net_fd {
         use std::os::fd::AsRawFd;
         crate::procs::pass_fd(&mut cmd, s.as_raw_fd(), QEMU_NET_FD);
