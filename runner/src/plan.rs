@@ -356,6 +356,27 @@ mod tests {
     }
 
     #[test]
+    fn test_network_modes_and_rules() {
+        let p = Plan::from_args(&args(&["--allow", "host:8080", "--deny", "203.0.113.0/24", "--", "true"])).unwrap();
+        assert_eq!((p.net, p.rules.len(), p.gated()), (NetMode::None, 2, true));
+        let p = Plan::from_args(&args(&["--net", "full", "--", "true"])).unwrap();
+        assert!(p.gated() && p.rules.is_empty());
+        assert!(!Plan::from_args(&args(&["--", "true"])).unwrap().gated(), "the default is none, without the gate");
+        assert_eq!(
+            Plan::from_args(&args(&["--net", "off", "--allow", "1.2.3.4", "--", "true"])),
+            Err(PlanError::RulesWithoutGate("off"))
+        );
+        assert!(matches!(Plan::from_args(&args(&["--deny", "bogus rule", "--", "true"])), Err(PlanError::BadRule(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cordon.toml");
+        std::fs::write(&f, "[network]\nmode = 'full'\ndeny = ['metadata']\n[[steps]]\nrun = 'true'\n").unwrap();
+        let p = Plan::from_args(&args(&["-f", f.to_str().unwrap()])).unwrap();
+        assert_eq!((p.net, p.rules.len()), (NetMode::Full, 1));
+        std::fs::write(&f, "[network]\nmode = 'open'\n[[steps]]\nrun = 'true'\n").unwrap();
+        assert!(matches!(Plan::from_args(&args(&["-f", f.to_str().unwrap()])), Err(PlanError::BadValue { .. })));
+    }
+
+    #[test]
     fn test_from_job_file_bad_steps() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("cordon.toml");
