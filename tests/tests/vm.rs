@@ -296,3 +296,18 @@ fn test_vm_guest_identity() {
     let lines: Vec<&str> = s.lines().collect();
     assert_eq!(&lines[..3], ["cordon", "0", "1"], "{s}");
 }
+
+#[test]
+fn test_image_build_ls_rm() {
+    let out = cordon().args(["image", "build"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
+    // Building again reuses the cached image (same content, same id).
+    let again = cordon().args(["image", "build"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).starts_with(&id));
+    let ls = String::from_utf8_lossy(&cordon().args(["image", "ls"]).output().unwrap().stdout).into_owned();
+    assert!(ls.lines().any(|l| l.starts_with(&id) && l.contains("default")), "{ls}");
+    let rm = cordon().args(["image", "rm", "no-such-image"]).output().unwrap();
+    assert_ne!(rm.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("no image named"), "{}", String::from_utf8_lossy(&rm.stderr));
+}
