@@ -213,6 +213,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether `stream` may open a new request; answers BadStream when not.
+async fn claimable(out: &Outbox, streams: &Streams, stream: u32) -> bool {
+    let taken = streams.lock().expect("streams lock").contains_key(&stream);
+    let ok = stream != CONNECTION_STREAM && !taken;
+    if !ok {
+        out.error(stream, ErrorCode::BadStream, format!("stream {stream} is reserved or in use")).await;
+    }
+    ok
+}
+
 async fn control(
     agent: &Arc<Agent>,
     out: &Outbox,
@@ -221,20 +231,9 @@ async fn control(
     stream: u32,
     msg: Message,
 ) -> Option<Outcome> {
-    let new_stream_ok = |out: &Outbox| {
-        let taken = streams.lock().expect("streams lock").contains_key(&stream);
-        let ok = stream != CONNECTION_STREAM && !taken;
-        let out = out.clone();
-        async move {
-            if !ok {
-                out.error(stream, ErrorCode::BadStream, format!("stream {stream} is reserved or in use")).await;
-            }
-            ok
-        }
-    };
     match msg {
         Message::Exec(req) => {
-            if !new_stream_ok(out).await {
+            if !claimable(out, streams, stream).await {
                 return None;
             }
             let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
@@ -272,7 +271,7 @@ async fn control(
             });
         }
         Message::PutArchive { dest } => {
-            if !new_stream_ok(out).await {
+            if !claimable(out, streams, stream).await {
                 return None;
             }
             let (tx, rx) = mpsc::unbounded_channel();
@@ -288,7 +287,7 @@ async fn control(
             });
         }
         Message::GetArchive { path } => {
-            if !new_stream_ok(out).await {
+            if !claimable(out, streams, stream).await {
                 return None;
             }
             let win = Window::new();

@@ -163,11 +163,7 @@ async fn run_job(
     }
     for a in &plan.artifacts {
         let dir = &plan.artifacts_dir;
-        let rel = a
-            .trim_start_matches('/')
-            .trim_start_matches(GUEST_WORKSPACE.trim_start_matches('/'))
-            .trim_start_matches('/');
-        let rel = if a.starts_with(GUEST_WORKSPACE) { rel.to_string() } else { a.trim_start_matches('/').to_string() };
+        let rel = artifact_host_path(a);
         let get = sandbox.client.get_archive_with(a, |is_dir| {
             let p = dir.join(&rel);
             if is_dir {
@@ -194,6 +190,16 @@ async fn run_job(
         }
     }
     Ok(code)
+}
+
+/// Where a guest artifact path lands under the artifacts dir: relative to
+/// /workspace when inside it, else the absolute path without its leading `/`.
+fn artifact_host_path(guest: &str) -> String {
+    let rel = match guest.strip_prefix(GUEST_WORKSPACE) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => guest,
+    };
+    rel.trim_start_matches('/').to_string()
 }
 
 async fn run_step(
@@ -423,6 +429,14 @@ fn prefix_lines(b: &[u8], prefix: &str, at_start: &mut bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_artifact_host_path_table() {
+        assert_eq!(artifact_host_path("/workspace/out/app"), "out/app");
+        assert_eq!(artifact_host_path("/workspace/workspace/x"), "workspace/x");
+        assert_eq!(artifact_host_path("/workspacefoo/x"), "workspacefoo/x");
+        assert_eq!(artifact_host_path("/etc/hostname"), "etc/hostname");
+    }
 
     #[test]
     fn test_prefix_lines_across_chunks() {

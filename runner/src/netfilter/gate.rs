@@ -255,10 +255,9 @@ impl Gate {
 
     fn dns(&mut self, frame: &[u8], ip: &Ip, payload: std::ops::Range<usize>) -> Outbound {
         let Some(q) = frame.get(payload).and_then(super::dns::parse_query) else { return Outbound::Drop };
-        let allowed = self.cfg.policy.name_allowed(&q.name).is_some()
-            && matches!(q.qtype, super::dns::TYPE_A | super::dns::TYPE_AAAA);
-        if !allowed {
-            let rcode = if self.cfg.policy.name_allowed(&q.name).is_some() { 0 } else { 3 };
+        let name_ok = self.cfg.policy.name_allowed(&q.name).is_some();
+        if !(name_ok && matches!(q.qtype, super::dns::TYPE_A | super::dns::TYPE_AAAA)) {
+            let rcode = if name_ok { 0 } else { 3 };
             self.closed.push(FlowRecord {
                 time: now_secs(SystemTime::now()),
                 proto: "dns",
