@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::fdio::FdIo;
 use crate::outbox::Outbox;
 use crate::reaper::{decode_status, Reaper};
-use crate::tree::{vmstat_oom_kills, CgroupRoot, Tree};
+use crate::tree::{vmstat_oom_kills, CgroupRoot, Limits, Tree};
 
 /// PATH given to processes whose environment lacks one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -256,9 +256,17 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
     if let Some(uid) = req.uid {
         cmd.uid(uid);
     }
+    let limits = Limits { pids_max: req.pids_max, memory_max: req.memory_max };
     let cgroup = match &ctx.cgroups {
         Some(root) => match root.create_child() {
-            Ok(cg) => Some(cg),
+            // The limits are in place before the step's first process joins.
+            Ok(cg) => match cg.set_limits(&limits) {
+                Ok(()) => Some(cg),
+                Err(e) => return Err((ExecFailure::Other, format!("applying the step's limits failed: {e}"))),
+            },
+            Err(e) if limits != Limits::default() && root.enforces_limits() => {
+                return Err((ExecFailure::Other, format!("creating the step's cgroup for its limits failed: {e}")));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "creating the exec cgroup failed; using the process group only");
                 None
@@ -266,6 +274,9 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
         },
         None => None,
     };
+    // The agent as PID 1 is exempt from the OOM killer (-1000); its steps
+    // must not inherit that, or an OOM could only end in a hang or a panic.
+    let reset_oom_score = own_oom_score_adj() < 0;
 
     let (stdout, stderr, stdin_w): (Box<dyn AsyncRead + Send + Unpin>, Option<Box<dyn AsyncRead + Send + Unpin>>, _);
     let use_pty = req.pty.is_some();
@@ -305,7 +316,8 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
 
     let cg_ref = cgroup.as_ref().map(|c| c as *const crate::tree::Cgroup as usize);
     // SAFETY: the closure runs in the forked child and only makes
-    // async-signal-safe calls (setsid, ioctl, open/write/close).
+    // async-signal-safe calls (setsid, ioctl, open/write/close) on static or
+    // pre-built paths.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -319,6 +331,13 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
                 let cg = &*(p as *const crate::tree::Cgroup);
                 cg.join_self()?;
             }
+            if reset_oom_score {
+                let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
             Ok(())
         });
     }
@@ -328,6 +347,11 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
         .map_err(|e| classify(prog, req.uid.is_some() || req.gid.is_some(), e))?;
     drop(cmd);
     Ok(Spawned { tree: Tree { pgid: pid, cgroup }, reaped, stdin: stdin_w, stdout, stderr })
+}
+
+/// This process's `oom_score_adj` (0 when unreadable).
+fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 fn classify(prog: &str, set_ids: bool, e: std::io::Error) -> Failure {

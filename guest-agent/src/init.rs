@@ -60,6 +60,15 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("static mount strings have no NUL")
 }
 
+/// Exempts PID 1 from the OOM killer: the steps' memory limits keep them
+/// below the guest's RAM, and if the kernel must still kill, it kills a step,
+/// never the agent. Steps are reset to 0 when they start (exec.rs).
+pub fn protect_from_oom() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        tracing::warn!(error = %e, "setting the agent's oom_score_adj failed");
+    }
+}
+
 /// Mounts what a build step expects to find.
 pub fn mount_all() {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
@@ -74,8 +83,15 @@ pub fn mount_all() {
     mount("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777");
     mount("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755");
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | libc::MS_NOEXEC, "");
-    // Lets per-exec cgroups report OOM kills; failure only loses that report.
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
+    // Gives per-exec cgroups their limits and OOM reports (memory, pids) and
+    // a CPU weight below the agent's (cpu). One write each: a controller this
+    // kernel lacks must not cost the others. Without memory and pids the
+    // agent does not advertise the limits capability.
+    for c in ["+memory", "+pids", "+cpu"] {
+        if let Err(e) = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", c) {
+            tracing::warn!(controller = c, error = %e, "enabling a cgroup controller failed");
+        }
+    }
     for (src, dst) in [
         ("/proc/self/fd", "/dev/fd"),
         ("/proc/self/fd/0", "/dev/stdin"),

@@ -82,6 +82,7 @@ fn main() {
 
 fn pid1_main(t0: Instant) -> ! {
     init::mount_all();
+    init::protect_from_oom();
     let kernel_ms = init::uptime_ms().map(|u| u.saturating_sub(t0.elapsed().as_millis() as u64));
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = init::parse_cmdline(&cmdline);
@@ -124,8 +125,11 @@ fn serve(
     rt.block_on(async move {
         let reaper = reaper::Reaper::start();
         let mut capabilities = vec!["exec", "pty", "archive", "signal"];
-        if cgroups.is_some() {
+        if let Some(root) = &cgroups {
             capabilities.push("cgroup");
+            if root.enforces_limits() {
+                capabilities.push(cordon_protocol::CAP_LIMITS);
+            }
         }
         let agent = Arc::new(server::Agent {
             exec: Arc::new(exec::ExecCtx { reaper, cgroups }),

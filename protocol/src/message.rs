@@ -105,7 +105,23 @@ pub struct Exec {
     pub stdin: bool,
     /// Run on a pseudo-terminal of this size; output then arrives on stdout only.
     pub pty: Option<PtySize>,
+    /// Most tasks (processes and threads) the tree may hold at once (cgroup
+    /// `pids.max`): a fork beyond it fails with EAGAIN. None: no limit. An
+    /// agent that advertises [`CAP_LIMITS`] enforces it; others ignore it.
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+    /// Most memory in bytes the tree may use, without swap (cgroup
+    /// `memory.max`): above it the kernel's OOM killer ends the whole tree and
+    /// [`ExitStatus::oom_killed`] says so. None: no limit. Enforced by agents
+    /// that advertise [`CAP_LIMITS`], like `pids_max`.
+    #[serde(default)]
+    pub memory_max: Option<u64>,
 }
+
+/// The [`Ready::capabilities`] entry of an agent that enforces
+/// [`Exec::pids_max`] and [`Exec::memory_max`] (a cgroup v2 hierarchy with
+/// the pids and memory controllers).
+pub const CAP_LIMITS: &str = "limits";
 
 /// Default grace period between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE_MS: u64 = 2_000;
@@ -216,6 +232,12 @@ mod tests {
     fn test_message_round_trip() {
         let msgs = vec![
             Message::Exec(Exec { argv: vec!["echo".into(), "hi".into()], stdin: true, ..Default::default() }),
+            Message::Exec(Exec {
+                argv: vec!["make".into()],
+                pids_max: Some(4096),
+                memory_max: Some(448 << 20),
+                ..Default::default()
+            }),
             Message::Exit(ExitStatus { code: Some(42), ..Default::default() }),
             Message::Credit { channel: Channel::Stdout, bytes: 4096 },
             Message::Shutdown,
@@ -232,6 +254,18 @@ mod tests {
         for m in msgs {
             assert_eq!(Message::from_bytes(&m.to_bytes()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn test_exec_limits_default_to_none() {
+        // A runner that predates the limits sends Exec without them.
+        let m = Message::from_bytes(
+            br#"{"type":"exec","argv":["true"],"cwd":null,"uid":null,"gid":null,
+            "timeout_ms":null,"grace_ms":null,"pty":null}"#,
+        )
+        .unwrap();
+        let Message::Exec(e) = m else { panic!("not an exec: {m:?}") };
+        assert_eq!((e.pids_max, e.memory_max), (None, None));
     }
 
     #[test]
