@@ -31,6 +31,8 @@ pub enum AgentError {
     Remote { code: ErrorCode, message: String },
     #[error("archive checksum mismatch: {0}")]
     ChecksumMismatch(String),
+    #[error("the archive is larger than the {0} bytes left of this run's artifact limit (--max-artifacts-size)")]
+    TooLarge(u64),
     #[error("local archive i/o failed")]
     Io(#[source] std::io::Error),
 }
@@ -84,6 +86,10 @@ impl StreamRx {
 
 struct Shared {
     out: mpsc::Sender<Frame>,
+    /// When the client started, and milliseconds after it that the last
+    /// frame arrived: a watchdog's view of a starved or silent agent.
+    born: std::time::Instant,
+    heard_ms: std::sync::atomic::AtomicU64,
     streams: Mutex<HashMap<u32, Slot>>,
     lost: Mutex<Option<String>>,
 }
@@ -142,7 +148,13 @@ impl AgentClient {
     {
         let (r, w) = tokio::io::split(io);
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
-        let shared = Arc::new(Shared { out: out_tx, streams: Mutex::new(HashMap::new()), lost: Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            out: out_tx,
+            born: std::time::Instant::now(),
+            heard_ms: std::sync::atomic::AtomicU64::new(0),
+            streams: Mutex::new(HashMap::new()),
+            lost: Mutex::new(None),
+        });
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(w);
             while let Some(f) = out_rx.recv().await {
@@ -203,6 +215,12 @@ impl AgentClient {
             }
             None => Err(self.shared.lost_error()),
         }
+    }
+
+    /// How long since the agent last sent anything (a frame of any kind).
+    pub fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.shared.heard_ms.load(Ordering::Relaxed));
+        self.shared.born.elapsed().saturating_sub(heard)
     }
 
     fn alloc_stream(&self) -> u32 {
@@ -282,34 +300,51 @@ impl AgentClient {
     }
 
     /// Copies `path` from the sandbox into the local directory `dest`,
-    /// verified: a directory's contents land in `dest`, a file as `dest/<name>`.
+    /// verified: a directory's contents land in `dest`, a file as
+    /// `dest/<name>`. For trusted agents (tests); the runner stages hostile
+    /// archives with `receive_archive` and `crate::artifacts` instead.
     pub async fn get_archive(&self, path: &str, dest: &Path) -> Result<u64, AgentError> {
-        self.get_archive_with(path, |_| dest.to_path_buf()).await
+        let spool = tempfile::NamedTempFile::new().map_err(AgentError::Io)?;
+        let mut file = tokio::fs::File::from_std(spool.reopen().map_err(AgentError::Io)?);
+        self.receive_archive(path, &mut file, u64::MAX, Duration::from_secs(60)).await?;
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(spool.path())?;
+            unpack(std::io::BufReader::new(f), &dest)
+        })
+        .await
+        .map_err(|e| AgentError::Io(std::io::Error::other(e)))?
+        .map_err(AgentError::Io)
     }
 
-    /// Like `get_archive`, choosing the destination once the agent says
-    /// whether `path` is a directory.
-    pub async fn get_archive_with(
+    /// Receives `path` from the sandbox as a tar stream into `spool`, at most
+    /// `limit` bytes, failing when the agent sends nothing for `idle`.
+    /// Returns whether `path` is a directory and the stream's size, after
+    /// checking the size and SHA-256 the agent claims.
+    pub async fn receive_archive(
         &self,
         path: &str,
-        dest_for: impl FnOnce(bool) -> std::path::PathBuf,
-    ) -> Result<u64, AgentError> {
+        spool: &mut tokio::fs::File,
+        limit: u64,
+        idle: Duration,
+    ) -> Result<(bool, u64), AgentError> {
         let stream = self.alloc_stream();
         let mut rx = self.shared.register(stream, None);
         let res = async {
             self.shared.msg(stream, &Message::GetArchive { path: path.to_string() }).await?;
-            let dest = match rx.recv().await {
-                Some(Inbound::Msg(Message::ArchiveInfo { is_dir })) => dest_for(is_dir),
+            let is_dir = match recv_within(&mut rx, idle).await? {
+                Some(Inbound::Msg(Message::ArchiveInfo { is_dir })) => is_dir,
                 m => return Err(unexpected_reply(m, &self.shared)),
             };
-            let spool = tempfile::NamedTempFile::new().map_err(AgentError::Io)?;
-            let mut file = tokio::fs::File::from_std(spool.reopen().map_err(AgentError::Io)?);
             let mut digest = StreamDigest::default();
             let (size, sha256) = loop {
-                match rx.recv().await {
+                match recv_within(&mut rx, idle).await? {
                     Some(Inbound::Data { kind: Kind::ARCHIVE, body, .. }) => {
+                        if digest.size() + body.len() as u64 > limit {
+                            return Err(AgentError::TooLarge(limit));
+                        }
                         digest.update(&body);
-                        file.write_all(&body).await.map_err(AgentError::Io)?;
+                        spool.write_all(&body).await.map_err(AgentError::Io)?;
                         if !body.is_empty() {
                             let credit = Message::Credit { channel: Channel::Archive, bytes: body.len() as u32 };
                             self.shared.msg(stream, &credit).await?;
@@ -319,20 +354,14 @@ impl AgentClient {
                     m => return Err(unexpected_reply(m, &self.shared)),
                 }
             };
-            file.flush().await.map_err(AgentError::Io)?;
+            spool.flush().await.map_err(AgentError::Io)?;
             let (got_size, got_sha) = digest.finish();
             if (got_size, &got_sha) != (size, &sha256) {
                 return Err(AgentError::ChecksumMismatch(format!(
                     "received {got_size} bytes sha256 {got_sha}, agent said {size} bytes sha256 {sha256}"
                 )));
             }
-            tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(spool.path())?;
-                unpack(std::io::BufReader::new(f), &dest)
-            })
-            .await
-            .map_err(|e| AgentError::Io(std::io::Error::other(e)))?
-            .map_err(AgentError::Io)
+            Ok((is_dir, size))
         }
         .await;
         self.shared.unregister(stream);
@@ -390,6 +419,10 @@ impl RawStream {
     }
 }
 
+async fn recv_within(rx: &mut StreamRx, idle: Duration) -> Result<Option<Inbound>, AgentError> {
+    tokio::time::timeout(idle, rx.recv()).await.map_err(|_| AgentError::Timeout(idle, "archive data"))
+}
+
 fn unexpected_reply(m: Option<Inbound>, shared: &Shared) -> AgentError {
     match m {
         Some(Inbound::Msg(Message::Error { code: ErrorCode::ChecksumMismatch, message })) => {
@@ -409,6 +442,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: FrameR
             Ok(None) => break None,
             Err(e) => break Some(e.to_string()),
         };
+        shared.heard_ms.store(shared.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         let inbound = if f.kind == Kind::CONTROL {
             match Message::from_bytes(&f.body) {
                 Ok(Message::Credit { channel, bytes }) => {

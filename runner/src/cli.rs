@@ -101,9 +101,14 @@ pub struct RunArgs {
     /// vCPUs (default: what this process's cgroup allows, at most 2)
     #[arg(long)]
     pub cpus: Option<u32>,
-    /// Guest memory, e.g. 512M or 2G (default: a quarter of what is available)
+    /// Guest memory, e.g. 512M or 2G (default: a quarter of what is
+    /// available); each step may use it less a reserve of an eighth (at
+    /// least 96M) for the guest kernel and agent, beyond which it is OOM-killed
     #[arg(long)]
     pub memory: Option<String>,
+    /// Most processes and threads each step may hold at once (default 4096)
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
     /// Kill the step's whole process tree after this long (500ms, 30s, 5m, 2h)
     #[arg(long)]
     pub timeout: Option<String>,
@@ -130,9 +135,17 @@ pub struct RunArgs {
     /// Where artifacts land on the host (default ./cordon-artifacts)
     #[arg(long)]
     pub artifacts_dir: Option<PathBuf>,
+    /// Most bytes the run may copy out as artifacts, e.g. 500M or 10G
+    /// (default 4G); an artifact past the limit is not copied
+    #[arg(long, value_name = "SIZE")]
+    pub max_artifacts_size: Option<String>,
     /// Do not forward cordon's stdin to the step (it gets /dev/null)
     #[arg(long)]
     pub no_stdin: bool,
+    /// Give the step a pseudo-terminal (interactive shells, colours); the
+    /// local terminal is put in raw mode while the step runs
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Emit one JSON event per line on stdout instead of the raw output
     #[arg(long)]
     pub json: bool,

@@ -1,8 +1,11 @@
 //! cordon's exit codes. A failing step's own code passes through; codes
-//! 119-127 are reserved for cordon's own failures (documented in README.md).
+//! 118-127 are reserved for cordon's own failures (documented in README.md).
 //! A step that itself exits with one of these is indistinguishable on the
 //! exit code alone; `--json` reports say which it was.
 
+/// Every step passed, but an artifact was missing or could not be copied
+/// (the others were copied).
+pub const ARTIFACTS: u8 = 118;
 /// cordon failed for an internal reason (i/o, spawning a helper).
 pub const INTERNAL: u8 = 119;
 /// The job file or flags are invalid.

@@ -14,7 +14,10 @@ pub struct JobFile {
     /// vCPUs; default from the host's cgroup limits, at most 2.
     pub cpus: Option<u32>,
     /// Guest memory, e.g. "1G"; default a quarter of what is available.
+    /// Each step may use it less a reserve for the guest kernel and agent.
     pub memory: Option<String>,
+    /// Most processes and threads each step may hold at once; default 4096.
+    pub pids: Option<u64>,
     /// Timeout of the whole job (all steps), e.g. "30m".
     pub timeout: Option<String>,
     /// Host directory copied to /workspace before the first step (relative
@@ -27,6 +30,8 @@ pub struct JobFile {
     /// Host directory the artifacts land in; default "cordon-artifacts"
     /// beside the job file.
     pub artifacts_dir: Option<PathBuf>,
+    /// Most bytes of archives the run may bring out, e.g. "500M"; default "4G".
+    pub max_artifacts_size: Option<String>,
     /// Environment for every step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -79,6 +84,7 @@ mod tests {
             r#"
             cpus = 2
             memory = "1G"
+            pids = 100
             timeout = "10m"
             workspace = "src"
             artifacts = ["out/app"]
@@ -96,6 +102,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(j.cpus, Some(2));
+        assert_eq!(j.pids, Some(100));
         assert_eq!(j.steps.len(), 2);
         assert_eq!(j.steps[0].run.as_deref(), Some("make"));
         assert_eq!(j.network.mode.as_deref(), Some("off"));

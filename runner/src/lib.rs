@@ -2,6 +2,7 @@
 //! library so integration tests and benchmarks can drive the same code.
 
 pub mod agent;
+pub mod artifacts;
 pub mod backend;
 pub mod cli;
 pub mod doctor;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod procs;
 pub mod resources;
 pub mod run;
+pub mod term;
 pub mod vm;
 
 /// Target triple of the static guest agent build (scripts/build-agent.sh).

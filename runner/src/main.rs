@@ -51,11 +51,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line per cause; guest-supplied text in them is sanitized, and a
+/// closed stderr is ignored.
 fn print_chain(e: &dyn std::error::Error) {
-    eprintln!("cordon: error: {e}");
+    use std::io::Write;
+    let clean = cordon::term::sanitize;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "cordon: error: {}", clean(&e.to_string()));
     let mut src = e.source();
     while let Some(s) = src {
-        eprintln!("  caused by: {s}");
+        let _ = writeln!(err, "  caused by: {}", clean(&s.to_string()));
         src = s.source();
     }
 }

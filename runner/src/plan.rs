@@ -45,15 +45,28 @@ pub struct Plan {
     pub image: String,
     pub cpus: u32,
     pub memory_mib: u64,
+    /// Most tasks each step may hold at once (guest cgroup `pids.max`);
+    /// `pids = N` or `--pids N`, default [`crate::resources::DEFAULT_PIDS`].
+    pub pids_max: u64,
+    /// Most memory in bytes each step may use (guest cgroup `memory.max`),
+    /// from `memory_mib` by [`crate::resources::step_memory_max`].
+    pub step_memory_max: u64,
     pub boot_timeout: Option<Duration>,
     pub job_timeout: Option<Duration>,
     pub workspace: Option<PathBuf>,
     /// Guest paths, absolute (relative ones were joined to /workspace).
     pub artifacts: Vec<String>,
-    pub artifacts_dir: PathBuf,
+    /// Where artifacts land: the anchor is trusted (a path the user gave on
+    /// the command line, or the job file's own directory); the components
+    /// below it are never followed through a symlink.
+    pub artifacts_dir: crate::artifacts::Destination,
+    /// Most bytes of archives one run may bring out of the sandbox.
+    pub max_artifacts_size: u64,
     pub steps: Vec<Step>,
     /// Forward cordon's stdin to the (single) step.
     pub stdin: bool,
+    /// Run the (single) step on a pseudo-terminal (`-t`).
+    pub tty: bool,
     pub json: bool,
     /// Prefix each output line with the step name.
     pub prefix: bool,
@@ -83,6 +96,10 @@ pub enum PlanError {
     BadArtifact(String),
     #[error("workspace {0} is not a directory")]
     BadWorkspace(String),
+    #[error("the job file's {what} {path} is outside the job file's directory {dir}; only a command-line flag may name such a path")]
+    OutsideJobDir { what: &'static str, path: String, dir: String },
+    #[error("-t/--tty needs a single command, not a job file")]
+    TtyWithFile,
     #[error("unknown image {0:?}: only `default` exists")]
     UnknownImage(String),
     #[error(transparent)]
@@ -116,11 +133,31 @@ fn duration(what: &str, s: &str) -> Result<Duration, PlanError> {
     crate::duration::parse(s).map_err(|why| PlanError::BadValue { what: what.into(), why })
 }
 
+/// What the command line overrides in every step of a job file.
+struct StepOverrides<'a> {
+    env: &'a [(String, String)],
+    timeout: Option<Duration>,
+    cwd: Option<&'a str>,
+}
+
+/// Later entries win; the result has each key once, in first-seen order.
+fn merge_env(layers: &[&[(String, String)]]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in layers.iter().flat_map(|l| l.iter()) {
+        match out.iter_mut().find(|(ok, _)| ok == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
 fn step_from_file(
     i: usize,
     s: &StepFile,
     job_env: &[(String, String)],
     default_cwd: Option<&str>,
+    cli: &StepOverrides,
 ) -> Result<Step, PlanError> {
     let name = s.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
     let argv = match (&s.run, &s.argv) {
@@ -128,13 +165,67 @@ fn step_from_file(
         (None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => argv.clone(),
         _ => return Err(PlanError::BadStep(name)),
     };
-    let mut env = job_env.to_vec();
+    let mut step_env = Vec::new();
     for (k, v) in &s.env {
-        env.push(check_env(k, v)?);
+        step_env.push(check_env(k, v)?);
     }
+    // The command line wins over the step, the step over the job's [env].
+    let env = merge_env(&[job_env, &step_env, cli.env]);
     let timeout = s.timeout.as_deref().map(|t| duration(&format!("timeout of step {name}"), t)).transpose()?;
-    let cwd = s.cwd.clone().or_else(|| default_cwd.map(str::to_string));
+    let timeout = cli.timeout.or(timeout);
+    let cwd = cli.cwd.map(str::to_string).or_else(|| s.cwd.clone()).or_else(|| default_cwd.map(str::to_string));
     Ok(Step { name, argv, env, cwd, timeout })
+}
+
+/// The default of `--max-artifacts-size`.
+pub const DEFAULT_MAX_ARTIFACTS_SIZE: u64 = 4 << 30;
+
+/// Parses `1024`, `512K`, `100M`, `4G`, `1T` (bytes, binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?}: use e.g. 500M or 4G"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// An existing directory, with a symlink given as the path itself resolved
+/// (so `--workspace link` uploads the directory the link names).
+fn existing_dir(p: &Path) -> Result<PathBuf, PlanError> {
+    match std::fs::canonicalize(p) {
+        Ok(c) if c.is_dir() => Ok(c),
+        _ => Err(PlanError::BadWorkspace(p.display().to_string())),
+    }
+}
+
+/// A job file may come from an untrusted checkout: the paths it names must
+/// resolve (symlinks followed) inside its own directory.
+fn inside_job_dir(what: &'static str, resolved: &Path, base: &Path) -> Result<(), PlanError> {
+    let b = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    let dir = std::fs::canonicalize(b).unwrap_or_else(|_| b.to_path_buf());
+    if resolved.starts_with(&dir) {
+        Ok(())
+    } else {
+        Err(PlanError::OutsideJobDir { what, path: resolved.display().to_string(), dir: dir.display().to_string() })
+    }
+}
+
+/// The plain names of a relative path without `..`, or `None`.
+fn plain_components(p: &Path) -> Option<Vec<std::ffi::OsString>> {
+    let mut out = Vec::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n.to_os_string()),
+            std::path::Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn guest_artifact(a: &str) -> Result<String, PlanError> {
@@ -167,29 +258,38 @@ impl Plan {
         for (k, v) in &file.env {
             job_env.push(check_env(k, v)?);
         }
+        let mut cli_env = Vec::new();
         for e in &a.env {
-            job_env.push(parse_env(e)?);
+            cli_env.push(parse_env(e)?);
         }
-        let workspace = a.workspace.clone().or_else(|| file.workspace.as_deref().map(rel));
-        if let Some(w) = &workspace {
-            if !w.is_dir() {
-                return Err(PlanError::BadWorkspace(w.display().to_string()));
+        let workspace = match (&a.workspace, &file.workspace) {
+            (Some(w), _) => Some(existing_dir(w)?),
+            (None, Some(w)) => {
+                let w = existing_dir(&rel(w))?;
+                inside_job_dir("workspace", &w, &base)?;
+                Some(w)
             }
-        }
+            (None, None) => None,
+        };
         let default_cwd = workspace.as_ref().map(|_| GUEST_WORKSPACE);
+        let cli_timeout = a.timeout.as_deref().map(|t| duration("--timeout", t)).transpose()?;
+        if a.tty && a.file.is_some() {
+            return Err(PlanError::TtyWithFile);
+        }
         let steps = if a.command.is_empty() {
             if file.steps.is_empty() {
                 return Err(PlanError::NoCommand);
             }
+            let cli = StepOverrides { env: &cli_env, timeout: cli_timeout, cwd: a.cwd.as_deref() };
             file.steps
                 .iter()
                 .enumerate()
-                .map(|(i, s)| step_from_file(i, s, &job_env, default_cwd))
+                .map(|(i, s)| step_from_file(i, s, &job_env, default_cwd, &cli))
                 .collect::<Result<_, _>>()?
         } else {
-            let timeout = a.timeout.as_deref().map(|t| duration("--timeout", t)).transpose()?;
             let cwd = a.cwd.clone().or_else(|| default_cwd.map(str::to_string));
-            vec![Step { name: "command".into(), argv: a.command.clone(), env: job_env.clone(), cwd, timeout }]
+            let env = merge_env(&[&cli_env]);
+            vec![Step { name: "command".into(), argv: a.command.clone(), env, cwd, timeout: cli_timeout }]
         };
         let image = a.image.clone().or(file.image).unwrap_or_else(|| "default".into());
         if image != "default" {
@@ -206,6 +306,11 @@ impl Plan {
                 crate::resources::parse_memory(m).map_err(|why| PlanError::BadValue { what: "memory".into(), why })?
             }
             None => crate::resources::default_memory_mib(),
+        };
+        let pids_max = match a.pids.or(file.pids) {
+            Some(0) => return Err(PlanError::BadValue { what: "pids".into(), why: "must be at least 1".into() }),
+            Some(n) => n,
+            None => crate::resources::DEFAULT_PIDS,
         };
         let explicit = match (a.net, file.network.mode.as_deref()) {
             (Some(n), _) => Some(n),
@@ -233,11 +338,23 @@ impl Plan {
         for x in a.artifacts.iter().chain(file.artifacts.iter()) {
             artifacts.push(guest_artifact(x)?);
         }
-        let artifacts_dir = a
-            .artifacts_dir
-            .clone()
-            .or_else(|| file.artifacts_dir.as_deref().map(rel))
-            .unwrap_or_else(|| base.join("cordon-artifacts"));
+        let anchor = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base.clone() };
+        let artifacts_dir = match (&a.artifacts_dir, &file.artifacts_dir) {
+            (Some(d), _) => crate::artifacts::Destination { anchor: d.clone(), below: vec![] },
+            (None, Some(d)) => {
+                let below = plain_components(d).ok_or_else(|| PlanError::OutsideJobDir {
+                    what: "artifacts_dir",
+                    path: d.display().to_string(),
+                    dir: anchor.display().to_string(),
+                })?;
+                crate::artifacts::Destination { anchor, below }
+            }
+            (None, None) => crate::artifacts::Destination { anchor, below: vec!["cordon-artifacts".into()] },
+        };
+        let max_artifacts_size = match a.max_artifacts_size.as_deref().or(file.max_artifacts_size.as_deref()) {
+            Some(s) => parse_size(s).map_err(|why| PlanError::BadValue { what: "max artifacts size".into(), why })?,
+            None => DEFAULT_MAX_ARTIFACTS_SIZE,
+        };
         Ok(Plan {
             isolation: a.isolation,
             accel: a.accel,
@@ -248,6 +365,8 @@ impl Plan {
             image,
             cpus,
             memory_mib,
+            pids_max,
+            step_memory_max: crate::resources::step_memory_max(memory_mib),
             boot_timeout: a.boot_timeout.as_deref().map(|t| duration("--boot-timeout", t)).transpose()?,
             job_timeout: a
                 .job_timeout
@@ -258,7 +377,9 @@ impl Plan {
             workspace,
             artifacts,
             artifacts_dir,
+            max_artifacts_size,
             stdin: !a.no_stdin && steps.len() == 1 && a.file.is_none(),
+            tty: a.tty,
             steps,
             json: a.json,
             prefix: a.prefix,
@@ -302,6 +423,7 @@ mod tests {
         assert_eq!(p.steps[0].env, vec![("A".to_string(), "b=c".to_string())]);
         assert_eq!(p.steps[0].timeout, Some(Duration::from_secs(5)));
         assert_eq!((p.cpus, p.memory_mib), (1, 300));
+        assert_eq!((p.pids_max, p.step_memory_max), (crate::resources::DEFAULT_PIDS, 204 << 20));
         assert_eq!(p.net, NetMode::None);
         assert!(p.stdin);
     }
@@ -315,6 +437,7 @@ mod tests {
             Err(PlanError::BadValue { .. })
         ));
         assert!(matches!(Plan::from_args(&args(&["--cpus", "0", "--", "true"])), Err(PlanError::BadValue { .. })));
+        assert!(matches!(Plan::from_args(&args(&["--pids", "0", "--", "true"])), Err(PlanError::BadValue { .. })));
         assert!(matches!(Plan::from_args(&args(&["--memory", "1", "--", "true"])), Err(PlanError::BadValue { .. })));
         assert!(matches!(
             Plan::from_args(&args(&["--artifact", "../x", "--", "true"])),
@@ -337,15 +460,17 @@ mod tests {
         let f = dir.path().join("cordon.toml");
         std::fs::write(
             &f,
-            "workspace = 'src'\nartifacts = ['out/a', '/etc/hostname']\ntimeout = '1m'\n[env]\nX = '1'\n\
+            "workspace = 'src'\npids = 50\nartifacts = ['out/a', '/etc/hostname']\ntimeout = '1m'\n[env]\nX = '1'\n\
              [[steps]]\nname = 'one'\nrun = 'echo $X'\n[[steps]]\nargv = ['true']\ncwd = '/'\n",
         )
         .unwrap();
         let p = Plan::from_args(&args(&["-f", f.to_str().unwrap()])).unwrap();
         assert_eq!(p.workspace, Some(dir.path().join("src")));
         assert_eq!(p.artifacts, vec!["/workspace/out/a", "/etc/hostname"]);
-        assert_eq!(p.artifacts_dir, dir.path().join("cordon-artifacts"));
+        assert_eq!(p.artifacts_dir.path(), dir.path().join("cordon-artifacts"));
         assert_eq!(p.job_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(p.pids_max, 50);
+        assert_eq!(Plan::from_args(&args(&["--pids", "7", "-f", f.to_str().unwrap()])).unwrap().pids_max, 7);
         assert_eq!(p.steps[0].argv, vec!["/bin/sh", "-c", "echo $X"]);
         assert_eq!(p.steps[0].cwd.as_deref(), Some("/workspace"));
         assert_eq!(p.steps[0].env, vec![("X".to_string(), "1".to_string())]);
@@ -374,6 +499,90 @@ mod tests {
         assert_eq!((p.net, p.rules.len()), (NetMode::Full, 1));
         std::fs::write(&f, "[network]\nmode = 'open'\n[[steps]]\nrun = 'true'\n").unwrap();
         assert!(matches!(Plan::from_args(&args(&["-f", f.to_str().unwrap()])), Err(PlanError::BadValue { .. })));
+    }
+
+    #[test]
+    fn test_job_file_paths_stay_inside_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("checkout");
+        std::fs::create_dir(&job).unwrap();
+        std::os::unix::fs::symlink("/", job.join("root")).unwrap();
+        let f = job.join("cordon.toml");
+        let f_arg = f.to_str().unwrap().to_string();
+        for (body, what) in [
+            ("workspace = '/etc'\n", "workspace"),
+            ("workspace = '..'\n", "workspace"),
+            ("workspace = 'root'\n", "workspace"),
+            ("artifacts_dir = '/root/.ssh'\n", "artifacts_dir"),
+            ("artifacts_dir = '../out'\n", "artifacts_dir"),
+        ] {
+            std::fs::write(&f, format!("{body}[[steps]]\nrun = 'true'\n")).unwrap();
+            match Plan::from_args(&args(&["-f", &f_arg])) {
+                Err(PlanError::OutsideJobDir { what: w, .. }) => assert_eq!(w, what, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // The same paths from the command line are the user's own choice.
+        std::fs::write(&f, "[[steps]]\nrun = 'true'\n").unwrap();
+        let p = Plan::from_args(&args(&["-f", &f_arg, "--workspace", "/etc", "--artifacts-dir", "/tmp/x"])).unwrap();
+        assert_eq!(p.workspace.as_deref(), Some(Path::new("/etc")));
+        assert_eq!(p.artifacts_dir.path(), Path::new("/tmp/x"));
+        // Inside is fine, and the default artifacts dir is below the job's directory.
+        std::fs::create_dir(job.join("src")).unwrap();
+        std::fs::write(&f, "workspace = 'src'\nartifacts_dir = 'out/arts'\n[[steps]]\nrun = 'true'\n").unwrap();
+        let p = Plan::from_args(&args(&["-f", &f_arg])).unwrap();
+        assert_eq!(p.artifacts_dir.anchor, job);
+        assert_eq!(p.artifacts_dir.below, vec![std::ffi::OsString::from("out"), "arts".into()]);
+    }
+
+    #[test]
+    fn test_command_line_overrides_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cordon.toml");
+        std::fs::write(
+            &f,
+            "[env]\nA = 'file'\nB = 'file'\n[[steps]]\nrun = 'true'\ntimeout = '1h'\ncwd = '/tmp'\n\
+             [steps.env]\nB = 'step'\nC = 'step'\n[[steps]]\nrun = 'true'\n",
+        )
+        .unwrap();
+        let f = f.to_str().unwrap();
+        let p = Plan::from_args(&args(&["-f", f, "-e", "B=cli", "--timeout", "5s", "--cwd", "/srv"])).unwrap();
+        let env = |i: usize| p.steps[i].env.clone();
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(env(0), vec![kv("A", "file"), kv("B", "cli"), kv("C", "step")]);
+        assert_eq!(env(1), vec![kv("A", "file"), kv("B", "cli")]);
+        for s in &p.steps {
+            assert_eq!(s.timeout, Some(Duration::from_secs(5)));
+            assert_eq!(s.cwd.as_deref(), Some("/srv"));
+        }
+        let p = Plan::from_args(&args(&["-f", f])).unwrap();
+        assert_eq!(p.steps[0].env[1], kv("B", "step"));
+        assert_eq!(p.steps[0].timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(p.steps[1].timeout, None);
+        assert_eq!(Plan::from_args(&args(&["-f", f, "-t"])), Err(PlanError::TtyWithFile));
+    }
+
+    #[test]
+    fn test_workspace_symlink_uploads_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+        let link = dir.path().join("link");
+        let p = Plan::from_args(&args(&["--workspace", link.to_str().unwrap(), "--", "true"])).unwrap();
+        assert_eq!(p.workspace, Some(std::fs::canonicalize(dir.path().join("real")).unwrap()));
+    }
+
+    #[test]
+    fn test_parse_size_table() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("4g"), Ok(4 << 30));
+        assert_eq!(parse_size(" 2T "), Ok(2 << 40));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        let p = Plan::from_args(&args(&["--max-artifacts-size", "10M", "--", "true"])).unwrap();
+        assert_eq!(p.max_artifacts_size, 10 << 20);
+        assert_eq!(Plan::from_args(&args(&["--", "true"])).unwrap().max_artifacts_size, DEFAULT_MAX_ARTIFACTS_SIZE);
     }
 
     #[test]

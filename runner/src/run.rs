@@ -1,14 +1,20 @@
 //! Executes a Plan: starts the sandbox, copies the workspace in, runs the
 //! steps in order (stopping at the first failure), copies the artifacts out,
-//! and maps the outcome to an exit code. Ctrl-C and SIGTERM cancel the
-//! running step's whole tree and shut the sandbox down; so does the job
-//! timeout.
+//! and maps the outcome to an exit code.
+//!
+//! The runner enforces every deadline itself and never trusts the guest to
+//! keep one: a step timeout, the job timeout, Ctrl-C and SIGTERM first ask
+//! the agent to kill the step's tree (SIGTERM, then SIGKILL); when no exit
+//! arrives within a grace period, the runner tears the sandbox down and
+//! reports the step as timed out or cancelled. Every other wait (start of a
+//! step, workspace upload, artifact download, shutdown) is bounded too.
 
-use cordon_protocol::{Exec, ExecFailure, ExitStatus};
+mod copy_out;
+mod output;
+
+use cordon_protocol::{Exec, ExecFailure, ExitStatus, PtySize};
 use serde_json::json;
-use std::io::Write;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::agent::{AgentError, ExecEvent, ExecHandle, StartError};
@@ -16,7 +22,10 @@ use crate::backend::{self, BackendError, Sandbox};
 use crate::cli::Isolation;
 use crate::exit;
 use crate::plan::{Plan, Step, GUEST_WORKSPACE};
+use crate::term::say;
 use crate::vm::accel::AccelChoice;
+pub use copy_out::artifact_host_path;
+use output::{Output, Written};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -58,78 +67,129 @@ impl RunError {
     }
 }
 
-/// How one step ended, from the runner's point of view.
-enum StepEnd {
-    Exited(ExitStatus),
-    StartFailed(ExecFailure, String),
-    Cancelled(i32, Option<ExitStatus>),
-    JobTimedOut(Option<ExitStatus>),
+/// How long after the agent was told to kill a step (SIGTERM, then SIGKILL
+/// after the agent's grace) the runner waits for the step's exit before it
+/// tears the sandbox down itself.
+const KILL_AFTER: Duration = Duration::from_millis(cordon_protocol::DEFAULT_GRACE_MS);
+const ABANDON_AFTER: Duration = Duration::from_secs(5);
+/// A step must be confirmed started within this long.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// An agent that sends nothing at all for this long during a transfer is
+/// considered gone (a starved or hostile agent must not stall the run).
+pub(crate) const AGENT_SILENCE: Duration = Duration::from_secs(60);
+
+/// Why the runner is stopping a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Signal(i32),
+    JobTimeout,
+    StepTimeout,
 }
 
-struct Signals {
-    int: Signal,
-    term: Signal,
+impl Stop {
+    fn exit_code(self) -> u8 {
+        match self {
+            Stop::Signal(s) => exit::for_signal(s),
+            Stop::JobTimeout | Stop::StepTimeout => exit::TIMED_OUT,
+        }
+    }
+}
+
+/// How one step ended, from the runner's point of view.
+pub enum StepEnd {
+    Exited(ExitStatus),
+    StartFailed(ExecFailure, String),
+    /// The runner stopped it; `None`: no exit came and the sandbox was
+    /// torn down.
+    Stopped(Stop, Option<ExitStatus>),
+}
+
+/// Ctrl-C, SIGTERM and the job deadline, watched during every phase.
+pub struct Watch<'a> {
+    int: &'a mut Signal,
+    term: &'a mut Signal,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Watch<'_> {
+    /// Resolves with the exit code when a signal arrives or the job
+    /// deadline passes.
+    async fn interrupted(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.int.recv() => exit::for_signal(libc::SIGINT),
+            _ = self.term.recv() => exit::for_signal(libc::SIGTERM),
+            _ = sleep_until_opt(self.deadline) => {
+                say("the job timed out");
+                exit::TIMED_OUT
+            }
+        }
+    }
+}
+
+/// What the job came to; `torn_down` when the sandbox is no longer worth a
+/// polite shutdown.
+struct JobEnd {
+    code: u8,
+    torn_down: bool,
 }
 
 pub async fn run(plan: Plan) -> Result<u8, RunError> {
     let t0 = Instant::now();
-    let mut sig = Signals {
-        int: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
-        term: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
-    };
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let json = plan.json;
     let sandbox = tokio::select! {
         s = start(&plan) => s?,
-        _ = sig.int.recv() => return Ok(exit::for_signal(libc::SIGINT)),
-        _ = sig.term.recv() => return Ok(exit::for_signal(libc::SIGTERM)),
+        _ = int.recv() => return Ok(exit::for_signal(libc::SIGINT)),
+        _ = term.recv() => return Ok(exit::for_signal(libc::SIGTERM)),
     };
     let ready_ms = t0.elapsed().as_millis() as u64;
-    let mut out = Output { json, prefix: plan.prefix, at_line_start: [true, true] };
+    let mut out = Output::new(json, plan.prefix);
     if json {
         out.event(json!({"event": "sandbox_ready", "isolation": sandbox.description, "ready_ms": ready_ms,
             "agent_version": sandbox.client.ready.agent_version, "kernel_boot_ms": sandbox.client.ready.kernel_boot_ms,
             "agent_start_ms": sandbox.client.ready.agent_start_ms, "agent_capabilities": sandbox.client.ready.capabilities}))?;
     } else if plan.isolation == Isolation::LocalAgent {
-        eprintln!("cordon: WARNING: isolation {}", sandbox.description);
+        say(&format!("WARNING: isolation {}", sandbox.description));
     } else {
         tracing::info!(isolation = %sandbox.description, ready_ms, "sandbox ready");
     }
     let deadline = plan.job_timeout.map(|d| tokio::time::Instant::now() + d);
-    let res = run_job(&plan, &sandbox, &mut out, &mut sig, deadline).await;
-    let code = match res {
-        Ok(code) => code,
+    let mut watch = Watch { int: &mut int, term: &mut term, deadline };
+    let end = match run_job(&plan, &sandbox, &mut out, &mut watch).await {
+        Ok(end) => end,
         Err(RunError::Agent(e, _)) => {
             let tail = sandbox.console.as_deref().map(|c| crate::vm::console_tail(c, 20)).unwrap_or_default();
             drop(sandbox);
-            return Err(RunError::Agent(e, tail));
+            return Err(RunError::Agent(e, crate::term::sanitize(&tail)));
         }
         Err(e) => {
-            sandbox.close().await;
+            drop(sandbox);
             return Err(e);
         }
     };
-    sandbox.close().await;
-    if json {
-        out.event(json!({"event": "run_finished", "exit_code": code, "wall_ms": t0.elapsed().as_millis() as u64}))?;
+    if end.torn_down {
+        drop(sandbox);
+    } else {
+        sandbox.close().await;
     }
-    Ok(code)
+    if json {
+        out.event(json!({"event": "run_finished", "exit_code": end.code, "wall_ms": t0.elapsed().as_millis() as u64}))?;
+    }
+    Ok(end.code)
 }
 
-async fn run_job(
-    plan: &Plan,
-    sandbox: &Sandbox,
-    out: &mut Output,
-    sig: &mut Signals,
-    deadline: Option<tokio::time::Instant>,
-) -> Result<u8, RunError> {
+async fn run_job(plan: &Plan, sandbox: &Sandbox, out: &mut Output, watch: &mut Watch<'_>) -> Result<JobEnd, RunError> {
     if let Some(ws) = &plan.workspace {
         let t = Instant::now();
         let put = sandbox.client.put_archive(ws, GUEST_WORKSPACE);
         let files = tokio::select! {
             r = put => r.map_err(|e| RunError::Workspace(ws.display().to_string(), e))?,
-            _ = sleep_until_opt(deadline) => return Ok(exit::TIMED_OUT),
-            _ = sig.int.recv() => return Ok(exit::for_signal(libc::SIGINT)),
-            _ = sig.term.recv() => return Ok(exit::for_signal(libc::SIGTERM)),
+            code = watch.interrupted() => return Ok(JobEnd { code, torn_down: true }),
+            _ = silence(&sandbox.client) => {
+                let e = AgentError::Timeout(AGENT_SILENCE, "the agent to take the workspace");
+                return Err(RunError::Workspace(ws.display().to_string(), e));
+            }
         };
         if out.json {
             out.event(json!({"event": "workspace_copied", "entries": files, "ms": t.elapsed().as_millis() as u64}))?;
@@ -137,7 +197,7 @@ async fn run_job(
     }
     let mut code = 0u8;
     for step in &plan.steps {
-        let end = run_step(sandbox, step, plan.stdin, out, sig, deadline).await?;
+        let end = run_step(sandbox, plan, step, out, watch).await?;
         code = match &end {
             StepEnd::Exited(st) if st.timed_out => exit::TIMED_OUT,
             StepEnd::Exited(st) => match (st.code, st.signal) {
@@ -150,135 +210,155 @@ async fn run_job(
             StepEnd::StartFailed(ExecFailure::BadCwd | ExecFailure::BadUser | ExecFailure::BadRequest, _) => {
                 exit::BAD_CONFIG
             }
-            StepEnd::Cancelled(sig, _) => exit::for_signal(*sig),
-            StepEnd::JobTimedOut(_) => exit::TIMED_OUT,
+            StepEnd::Stopped(stop, _) => stop.exit_code(),
         };
-        report_step(out, step, &end, code)?;
-        if matches!(end, StepEnd::Cancelled(..) | StepEnd::JobTimedOut(_)) {
-            return Ok(code);
-        }
-        if code != 0 {
-            break;
+        out.step_end(step, &end, code)?;
+        match end {
+            StepEnd::Stopped(_, None) => return Ok(JobEnd { code, torn_down: true }),
+            StepEnd::Stopped(..) => return Ok(JobEnd { code, torn_down: false }),
+            _ if code != 0 => break,
+            _ => {}
         }
     }
-    for a in &plan.artifacts {
-        let dir = &plan.artifacts_dir;
-        let rel = artifact_host_path(a);
-        let get = sandbox.client.get_archive_with(a, |is_dir| {
-            let p = dir.join(&rel);
-            if is_dir {
-                p
-            } else {
-                p.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| dir.clone())
-            }
-        });
-        let res = tokio::select! {
-            r = get => r,
-            _ = sleep_until_opt(deadline) => return Ok(exit::TIMED_OUT),
-        };
-        match res {
-            Ok(n) => {
-                if out.json {
-                    out.event(json!({"event": "artifact_copied", "path": a, "entries": n, "to": dir.join(&rel)}))?;
-                }
-            }
-            // A failed step may not have produced its artifacts; say so but keep its exit code.
-            Err(AgentError::Remote { message, .. }) if code != 0 => {
-                eprintln!("cordon: artifact {a} not copied: {message}");
-            }
-            Err(e) => return Err(RunError::Artifact(a.clone(), e)),
+    match copy_out::copy_all(plan, sandbox, out, watch).await? {
+        copy_out::CopyEnd::Interrupted(c) => Ok(JobEnd { code: c, torn_down: true }),
+        copy_out::CopyEnd::Done { failed } if failed > 0 && code == 0 => {
+            say(&format!("{failed} artifact(s) could not be copied although every step passed"));
+            Ok(JobEnd { code: exit::ARTIFACTS, torn_down: false })
         }
+        copy_out::CopyEnd::Done { .. } => Ok(JobEnd { code, torn_down: false }),
     }
-    Ok(code)
 }
 
-/// Where a guest artifact path lands under the artifacts dir: relative to
-/// /workspace when inside it, else the absolute path without its leading `/`.
-fn artifact_host_path(guest: &str) -> String {
-    let rel = match guest.strip_prefix(GUEST_WORKSPACE) {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-        _ => guest,
-    };
-    rel.trim_start_matches('/').to_string()
+/// Resolves once the agent has been silent for `AGENT_SILENCE`.
+async fn silence(client: &crate::agent::AgentClient) {
+    loop {
+        let quiet = client.silent_for();
+        if quiet >= AGENT_SILENCE {
+            return;
+        }
+        tokio::time::sleep(AGENT_SILENCE - quiet + Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends a signal to the step's tree without letting a stalled transport
+/// hold up the runner's own deadlines.
+async fn tell(h: &ExecHandle, signal: i32) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), h.signal(signal)).await;
+}
+
+/// The runner's side of stopping a step.
+#[derive(Default)]
+struct Stopping {
+    why: Option<Stop>,
+    kill_at: Option<tokio::time::Instant>,
+    abandon_at: Option<tokio::time::Instant>,
+}
+
+impl Stopping {
+    async fn begin(&mut self, why: Stop, h: &ExecHandle) {
+        let now = tokio::time::Instant::now();
+        if self.why.is_some() {
+            // Asked twice (a second Ctrl-C): stop waiting for the guest.
+            self.abandon_at = Some(now);
+            return;
+        }
+        self.why = Some(why);
+        tell(h, libc::SIGTERM).await;
+        self.kill_at = Some(now + KILL_AFTER);
+        self.abandon_at = Some(now + KILL_AFTER + ABANDON_AFTER);
+    }
 }
 
 async fn run_step(
     sb: &Sandbox,
+    plan: &Plan,
     step: &Step,
-    forward_stdin: bool,
     out: &mut Output,
-    sig: &mut Signals,
-    deadline: Option<tokio::time::Instant>,
+    watch: &mut Watch<'_>,
 ) -> Result<StepEnd, RunError> {
+    let pty = plan.tty.then(|| {
+        let (rows, cols) = crate::term::window_size();
+        PtySize { rows, cols }
+    });
     let req = Exec {
         argv: step.argv.clone(),
         env: step.env.clone(),
         cwd: step.cwd.clone(),
         timeout_ms: step.timeout.map(|d| d.as_millis() as u64),
-        stdin: forward_stdin,
+        stdin: plan.stdin,
+        pty,
+        pids_max: Some(plan.pids_max),
+        memory_max: Some(plan.step_memory_max),
         ..Default::default()
     };
     let agent_err = |e| RunError::Agent(e, String::new());
-    let mut h: ExecHandle = sb.client.exec(req).await.map_err(agent_err)?;
-    let pid = match h.started().await {
-        Ok(pid) => pid,
-        Err(StartError::Failed { reason, message }) => return Ok(StepEnd::StartFailed(reason, message)),
-        Err(StartError::Agent(e)) => return Err(agent_err(e)),
+    let start = async {
+        let mut h = sb.client.exec(req).await?;
+        let r = h.started().await;
+        Ok::<_, AgentError>((h, r))
+    };
+    let (mut h, pid) = tokio::select! {
+        r = tokio::time::timeout(START_DEADLINE, start) => match r {
+            Err(_) => return Err(agent_err(AgentError::Timeout(START_DEADLINE, "the step to start"))),
+            Ok(Err(e)) => return Err(agent_err(e)),
+            Ok(Ok((_, Err(StartError::Failed { reason, message })))) => return Ok(StepEnd::StartFailed(reason, message)),
+            Ok(Ok((_, Err(StartError::Agent(e))))) => return Err(agent_err(e)),
+            Ok(Ok((h, Ok(pid)))) => (h, pid),
+        },
+        code = watch.interrupted() => {
+            let stop = if code == exit::TIMED_OUT { Stop::JobTimeout } else { Stop::Signal(code as i32 - 128) };
+            return Ok(StepEnd::Stopped(stop, None));
+        }
     };
     if out.json {
         out.event(json!({"event": "step_started", "step": step.name, "argv": step.argv, "pid": pid}))?;
     }
-    let stdin_task = forward_stdin.then(|| {
-        let w = h.stdin();
+    // Raw mode only while a step with a pty runs, restored on every way out.
+    let _raw = (plan.tty && crate::term::stdin_is_tty()).then(crate::term::RawMode::enter).flatten();
+    // Stdin goes through its own task: a full window (a starved agent) must
+    // not hold up this loop's deadlines.
+    let stdin_task = plan.stdin.then(|| {
+        let (w, mut chunks) = (h.stdin(), crate::term::stdin_chunks());
         tokio::spawn(async move {
-            let mut input = tokio::io::stdin();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match input.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if w.write(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
+            while let Some(Some(data)) = chunks.recv().await {
+                if w.write(&data).await.is_err() {
+                    return;
                 }
             }
             let _ = w.close().await;
         })
     });
-    // Why the step is being stopped, if it is: a signal number, or 0 for the job timeout.
-    let mut stopping: Option<i32> = None;
-    let mut kill_at: Option<tokio::time::Instant> = None;
+    let step_deadline = step.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut stop = Stopping::default();
     let end = loop {
         tokio::select! {
             ev = h.next_event() => match ev.map_err(agent_err)? {
-                ExecEvent::Stdout(b) => out.data(&step.name, 0, &b)?,
-                ExecEvent::Stderr(b) => out.data(&step.name, 1, &b)?,
-                ExecEvent::Exit(st) => break match stopping {
-                    Some(0) => StepEnd::JobTimedOut(Some(st)),
-                    Some(sig) => StepEnd::Cancelled(sig, Some(st)),
+                ExecEvent::Stdout(b) => {
+                    if out.data(&step.name, 0, &b)? == Written::StdoutClosed {
+                        // As in a shell pipeline: the writer learns its reader is gone.
+                        tell(&h, libc::SIGPIPE).await;
+                    }
+                }
+                ExecEvent::Stderr(b) => {
+                    out.data(&step.name, 1, &b)?;
+                }
+                ExecEvent::Exit(st) => break match stop.why {
+                    Some(why) => StepEnd::Stopped(why, Some(st)),
                     None => StepEnd::Exited(st),
                 },
             },
-            _ = sig.int.recv() => {
-                stopping.get_or_insert(libc::SIGINT);
-                h.signal(libc::SIGTERM).await.map_err(agent_err)?;
-                kill_at.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(2));
+            _ = watch.int.recv() => stop.begin(Stop::Signal(libc::SIGINT), &h).await,
+            _ = watch.term.recv() => stop.begin(Stop::Signal(libc::SIGTERM), &h).await,
+            _ = sleep_until_opt(watch.deadline), if stop.why.is_none() => stop.begin(Stop::JobTimeout, &h).await,
+            // The agent kills the step at its timeout; this is the runner's own
+            // enforcement for an agent that cannot (starved, or hostile).
+            _ = sleep_until_opt(step_deadline), if stop.why.is_none() => stop.begin(Stop::StepTimeout, &h).await,
+            _ = sleep_until_opt(stop.kill_at) => {
+                stop.kill_at = None;
+                tell(&h, libc::SIGKILL).await;
             }
-            _ = sig.term.recv() => {
-                stopping.get_or_insert(libc::SIGTERM);
-                h.signal(libc::SIGTERM).await.map_err(agent_err)?;
-                kill_at.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(2));
-            }
-            _ = sleep_until_opt(deadline), if stopping.is_none() => {
-                stopping = Some(0);
-                h.signal(libc::SIGTERM).await.map_err(agent_err)?;
-                kill_at.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(2));
-            }
-            _ = sleep_until_opt(kill_at) => {
-                h.signal(libc::SIGKILL).await.map_err(agent_err)?;
-                kill_at = None;
-            }
+            _ = sleep_until_opt(stop.abandon_at) => break StepEnd::Stopped(stop.why.unwrap_or(Stop::StepTimeout), None),
         }
     };
     if let Some(t) = stdin_task {
@@ -288,7 +368,7 @@ async fn run_step(
 }
 
 async fn start(plan: &Plan) -> Result<Sandbox, RunError> {
-    let log = |m: &str| eprintln!("cordon: {m}");
+    let log = |m: &str| say(m);
     match plan.isolation {
         Isolation::LocalAgent => Ok(backend::local::start(plan).await?),
         Isolation::Vm => Ok(crate::vm::start(plan, &log).await?),
@@ -318,131 +398,5 @@ async fn sleep_until_opt(d: Option<tokio::time::Instant>) {
     match d {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-fn report_step(out: &mut Output, step: &Step, end: &StepEnd, code: u8) -> Result<(), RunError> {
-    match end {
-        StepEnd::Exited(st) | StepEnd::Cancelled(_, Some(st)) | StepEnd::JobTimedOut(Some(st)) => {
-            let cancelled = matches!(end, StepEnd::Cancelled(..));
-            let job_timed_out = matches!(end, StepEnd::JobTimedOut(_));
-            if out.json {
-                out.event(json!({"event": "step_exited", "step": step.name, "exit_code": st.code, "signal": st.signal,
-                    "timed_out": st.timed_out || job_timed_out, "job_timed_out": job_timed_out, "oom_killed": st.oom_killed,
-                    "cancelled": cancelled, "wall_ms": st.wall_ms, "peak_rss_kb": st.peak_rss_kb,
-                    "output_cut": st.output_cut, "cordon_exit_code": code}))?;
-                return Ok(());
-            }
-            if st.output_cut {
-                eprintln!(
-                    "cordon: step {:?}: output was cut: a process outside the step's tree kept its stdout/stderr open",
-                    step.name
-                );
-            }
-            if job_timed_out {
-                eprintln!("cordon: the job timed out during step {:?}; its process tree was killed", step.name);
-            } else if st.timed_out {
-                eprintln!(
-                    "cordon: step {:?} timed out after {} ms; its process tree was killed",
-                    step.name, st.wall_ms
-                );
-            } else if cancelled {
-                eprintln!("cordon: step {:?} cancelled", step.name);
-            } else if st.oom_killed {
-                eprintln!("cordon: step {:?} was killed by the out-of-memory killer", step.name);
-            } else if let Some(sig) = st.signal {
-                eprintln!("cordon: step {:?} was killed by signal {sig}", step.name);
-            }
-        }
-        StepEnd::Cancelled(sig, None) => eprintln!("cordon: step {:?} cancelled by signal {sig}", step.name),
-        StepEnd::JobTimedOut(None) => eprintln!("cordon: the job timed out during step {:?}", step.name),
-        StepEnd::StartFailed(reason, message) => {
-            if out.json {
-                out.event(json!({"event": "step_failed_to_start", "step": step.name, "reason": reason, "message": message, "cordon_exit_code": code}))?;
-            } else {
-                eprintln!("cordon: step {:?} could not start: {message}", step.name);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Where step output goes: raw to stdout/stderr (optionally prefixed per
-/// line), or JSON events on stdout.
-struct Output {
-    json: bool,
-    prefix: bool,
-    at_line_start: [bool; 2],
-}
-
-impl Output {
-    fn data(&mut self, step: &str, which: usize, b: &[u8]) -> Result<(), RunError> {
-        let stream = if which == 0 { "stdout" } else { "stderr" };
-        if self.json {
-            let ev = match std::str::from_utf8(b) {
-                Ok(s) => json!({"event": "output", "step": step, "stream": stream, "data": s}),
-                Err(_) => json!({"event": "output", "step": step, "stream": stream, "data_hex": hex::encode(b)}),
-            };
-            return self.event(ev);
-        }
-        let buf;
-        let bytes = if self.prefix {
-            buf = prefix_lines(b, &format!("[{step}] "), &mut self.at_line_start[which]);
-            &buf[..]
-        } else {
-            b
-        };
-        let res = if which == 0 {
-            let mut o = std::io::stdout().lock();
-            o.write_all(bytes).and_then(|_| o.flush())
-        } else {
-            let mut e = std::io::stderr().lock();
-            e.write_all(bytes).and_then(|_| e.flush())
-        };
-        res.map_err(RunError::Output)
-    }
-
-    fn event(&mut self, v: serde_json::Value) -> Result<(), RunError> {
-        let mut o = std::io::stdout().lock();
-        serde_json::to_writer(&mut o, &v).map_err(|e| RunError::Output(e.into()))?;
-        o.write_all(b"\n").and_then(|_| o.flush()).map_err(RunError::Output)
-    }
-}
-
-/// Inserts `prefix` at the start of every line; `at_start` carries line
-/// state across chunks.
-fn prefix_lines(b: &[u8], prefix: &str, at_start: &mut bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len() + prefix.len() * 4);
-    for &c in b {
-        if *at_start {
-            out.extend_from_slice(prefix.as_bytes());
-            *at_start = false;
-        }
-        out.push(c);
-        if c == b'\n' {
-            *at_start = true;
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_artifact_host_path_table() {
-        assert_eq!(artifact_host_path("/workspace/out/app"), "out/app");
-        assert_eq!(artifact_host_path("/workspace/workspace/x"), "workspace/x");
-        assert_eq!(artifact_host_path("/workspacefoo/x"), "workspacefoo/x");
-        assert_eq!(artifact_host_path("/etc/hostname"), "etc/hostname");
-    }
-
-    #[test]
-    fn test_prefix_lines_across_chunks() {
-        let mut s = true;
-        let mut out = prefix_lines(b"a\nb", "[x] ", &mut s);
-        out.extend(prefix_lines(b"c\n\nd", "[x] ", &mut s));
-        assert_eq!(String::from_utf8(out).unwrap(), "[x] a\n[x] bc\n[x] \n[x] d");
     }
 }

@@ -11,6 +11,7 @@ use crate::plan::Plan;
 
 struct Guard {
     child: tokio::process::Child,
+    _scratch: tempfile::TempDir,
 }
 
 impl super::SandboxGuard for Guard {}
@@ -39,6 +40,10 @@ pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })?;
     let token = new_token();
+    let scratch = tempfile::Builder::new()
+        .prefix("cordon-")
+        .tempdir()
+        .map_err(|source| BackendError::Spawn { what: "temp dir".into(), source })?;
     let cmd = agent_command(&agent, &theirs, &token);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
@@ -52,6 +57,7 @@ pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
         client,
         description: "local-agent (development backend: NO ISOLATION, steps run as plain host processes)".into(),
         console: None,
-        guard: Box::new(Guard { child }),
+        scratch: scratch.path().to_path_buf(),
+        guard: Box::new(Guard { child, _scratch: scratch }),
     })
 }

@@ -32,8 +32,8 @@ pub struct Sandbox {
     pub client: AgentClient,
     /// What the run report says about isolation.
     pub description: String,
-    /// The guest console log, for diagnostics when the agent is lost.
-    pub console: Option<std::path::PathBuf>,
+    /// The tail of the guest console, for diagnostics when the agent is lost.
+    pub console: Option<std::sync::Arc<crate::vm::console::Console>>,
     /// Keeps backend resources (processes, temp dirs) alive; dropped last.
     pub guard: Box<dyn SandboxGuard>,
 }

@@ -67,7 +67,9 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
-    pub console_log: PathBuf,
+    /// The inherited fd of a connected stream socket that QEMU writes the
+    /// serial console to (cordon keeps a bounded tail of it).
+    pub console_fd: i32,
     pub qmp_socket: PathBuf,
     pub control: Control,
     pub net: Net,
@@ -133,7 +135,7 @@ pub fn boot_args(c: &VmConfig) -> Vec<OsString> {
 pub fn console_args(c: &VmConfig) -> Vec<OsString> {
     vec![
         "-chardev".into(),
-        path_arg("file,id=console,path=", &c.console_log, ""),
+        format!("socket,id=console,fd={}", c.console_fd).into(),
         "-serial".into(),
         "chardev:console".into(),
         "-qmp".into(),
@@ -219,7 +221,7 @@ mod tests {
             kernel: "/img/vmlinuz".into(),
             initrd: "/img/initramfs.cpio".into(),
             cmdline: "console=ttyS0".into(),
-            console_log: "/run/c/console.log".into(),
+            console_fd: 4,
             qmp_socket: "/run/c/qmp.sock".into(),
             control: Control::VhostUserVsock { socket: "/run/c/vu.sock".into() },
             net: Net::Off,
@@ -273,7 +275,7 @@ mod tests {
         let v = s(boot_args(&cfg()));
         assert_eq!(v, ["-kernel", "/img/vmlinuz", "-initrd", "/img/initramfs.cpio", "-append", "console=ttyS0"]);
         let v = s(console_args(&cfg()));
-        assert!(has_pair(&v, "-chardev", "file,id=console,path=/run/c/console.log"));
+        assert!(has_pair(&v, "-chardev", "socket,id=console,fd=4"), "never a file a guest could grow: {v:?}");
         assert!(has_pair(&v, "-serial", "chardev:console"));
         assert!(has_pair(&v, "-qmp", "unix:/run/c/qmp.sock,server=on,wait=off"));
     }

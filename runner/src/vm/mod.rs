@@ -7,6 +7,7 @@
 
 pub mod accel;
 pub mod args;
+pub mod console;
 pub mod control;
 pub mod probe;
 pub mod qmp;
@@ -26,6 +27,8 @@ use control::{ControlKind, Io, AGENT_PORT, SERIAL_NAME};
 
 /// The fd number QEMU and passt get their end of the frame socket on.
 const QEMU_NET_FD: i32 = 3;
+/// The fd number QEMU gets its end of the console socket on.
+const QEMU_CONSOLE_FD: i32 = 4;
 
 /// Starts passt on one socketpair and the gate between it and QEMU's.
 fn start_gate(
@@ -81,12 +84,6 @@ fn start_gate(
         .map_err(|source| BackendError::Spawn { what: "egress gate".into(), source })?;
     Ok((Some(relay), passt, qemu_theirs))
 }
-
-/// Must match the agent's `listen::LISTENING_MARKER`.
-const AGENT_LISTENING: &str = "cordon-agent: listening on";
-
-/// Console lines that mean the guest is gone for good.
-const PANIC_MARKERS: &[&str] = &["Kernel panic", "end Kernel panic", "cordon-agent: panic as PID 1"];
 
 pub fn default_boot_timeout(accel: Accel) -> Duration {
     match accel {
@@ -153,17 +150,26 @@ fn wait_exit(c: &mut tokio::process::Child, limit: Duration) -> bool {
     }
 }
 
-/// The last `n` lines of the console log, for error reports; when the
-/// guest panicked, `n` lines from a little before the panic message instead,
-/// so the reason is not lost under the stack trace.
-pub fn console_tail(path: &Path, n: usize) -> String {
-    let s = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    let start = match lines.iter().position(|l| PANIC_MARKERS.iter().any(|m| l.contains(m))) {
-        Some(p) => p.saturating_sub(10),
-        None => lines.len().saturating_sub(n),
-    };
-    lines[start..(start + n).min(lines.len())].join("\n")
+/// The last `n` lines of the guest console, for error reports (see
+/// [`console::Console::tail`]).
+pub fn console_tail(c: &console::Console, n: usize) -> String {
+    c.tail(n)
+}
+
+/// A socketpair for the console: cordon's end, and QEMU's end on a high fd
+/// number, so passing it as [`QEMU_CONSOLE_FD`] cannot clobber another fd
+/// being passed.
+fn console_pair() -> Result<(std::os::unix::net::UnixStream, std::os::fd::OwnedFd), BackendError> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let err = |source| BackendError::Spawn { what: "console socket".into(), source };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(err)?;
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a fresh fd or -1.
+    let high = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+    if high < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fcntl returned a fresh fd that we now own.
+    Ok((ours, unsafe { std::os::fd::OwnedFd::from_raw_fd(high) }))
 }
 
 fn spawn(cmd: std::process::Command, what: &str) -> Result<tokio::process::Child, BackendError> {
@@ -302,7 +308,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             }
             c
         },
-        console_log: d.join("console.log"),
+        console_fd: QEMU_CONSOLE_FD,
         qmp_socket: d.join("qmp.sock"),
         control: control.clone(),
         net,
@@ -311,6 +317,13 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let mut cmd = std::process::Command::new(&qemu_bin);
     cmd.args(args::qemu_args(&cfg)).stdin(Stdio::null());
     log_to(&mut cmd, &d, "qemu.log")?;
+    let (console_ours, console_theirs) = console_pair()?;
+    let console = console::Console::spawn_reader(console_ours)
+        .map_err(|source| BackendError::Spawn { what: "console reader".into(), source })?;
+    {
+        use std::os::fd::AsRawFd;
+        crate::procs::pass_fd(&mut cmd, console_theirs.as_raw_fd(), QEMU_CONSOLE_FD);
+    }
     if let Some(s) = &qemu_net_fd {
         use std::os::fd::AsRawFd;
         crate::procs::pass_fd(&mut cmd, s.as_raw_fd(), QEMU_NET_FD);
@@ -318,13 +331,14 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     tracing::debug!(?cmd, "starting qemu");
     let qemu = spawn(cmd, &qemu_bin.display().to_string())?;
     drop(qemu_net_fd);
+    drop(console_theirs);
     if let (Some(j), Some(pid)) = (&guard.janitor, qemu.id()) {
         j.track(pid, "qemu-system");
     }
     guard.qemu = Some(qemu);
 
     let deadline = plan.boot_timeout.unwrap_or_else(|| default_boot_timeout(accel));
-    let client = wait_ready(&mut guard, &control, &token, &d, deadline).await?;
+    let client = wait_ready(&mut guard, &control, &token, &d, &console, deadline).await?;
     let boot_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(boot_ms, "agent ready");
     let description = format!(
@@ -343,7 +357,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             Net::Gated { .. } => "gated (cordon egress gate -> passt)",
         }
     );
-    Ok(Sandbox { client, description, console: Some(d.join("console.log")), guard: Box::new(guard) })
+    Ok(Sandbox { client, description, console: Some(console), guard: Box::new(guard) })
 }
 
 async fn connect_once(control: &Control, dir: &Path) -> std::io::Result<Option<Box<dyn Io>>> {
@@ -359,21 +373,16 @@ async fn wait_ready(
     control: &Control,
     token: &str,
     dir: &Path,
+    console: &console::Console,
     deadline: Duration,
 ) -> Result<AgentClient, BackendError> {
-    let console = dir.join("console.log");
     let started = Instant::now();
     // The agent's console line saying its vsock listener is up (see the
     // agent's listen.rs for why vhost-user vsock must wait for it).
     let needs_marker = matches!(control, Control::VhostUserVsock { .. });
     let connect = async {
         if needs_marker {
-            loop {
-                let text =
-                    std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-                if text.contains(AGENT_LISTENING) {
-                    break;
-                }
+            while !console.listening() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -398,8 +407,7 @@ async fn wait_ready(
                     if log.trim().is_empty() { String::new() } else { format!(": {}", log.trim()) }
                 );
             }
-            let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-            if let Some(m) = PANIC_MARKERS.iter().find(|m| text.contains(**m)) {
+            if let Some(m) = console.panicked() {
                 return format!("the guest failed during boot ({m})");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -414,7 +422,7 @@ async fn wait_ready(
         }),
     };
     let helper_log = || {
-        let log = console_tail(&dir.join("vhost-device-vsock.log"), 10);
+        let log = console::file_tail(&dir.join("vhost-device-vsock.log"), 10);
         if log.trim().is_empty() {
             String::new()
         } else {
@@ -423,11 +431,11 @@ async fn wait_ready(
     };
     res.map_err(|e| match e {
         BackendError::Boot { why, .. } => {
-            BackendError::Boot { why: format!("{why}{}", helper_log()), console: console_tail(&console, 30) }
+            BackendError::Boot { why: format!("{why}{}", helper_log()), console: console.tail(30) }
         }
         BackendError::Connect(err) => BackendError::Boot {
             why: format!("the agent handshake failed: {err}"),
-            console: console_tail(&console, 30),
+            console: console.tail(30),
         },
         other => other,
     })
