@@ -286,8 +286,7 @@ impl Gate {
         recs.retain(|(ip, _)| {
             let eff = crate::policy::effective(*ip);
             !crate::policy::private_ranges().iter().any(|c| c.contains(eff))
-                && !self.cfg.env.host_addrs.contains(ip)
-                && !crate::policy::METADATA.contains(&eff)
+                && crate::policy::guard(eff, &self.cfg.env).is_none()
         });
         for (ip, ttl) in &recs {
             self.learn(&job.query.name, *ip, *ttl);

@@ -6,20 +6,23 @@
 //!    NAT64 64:ff9b::/96, 6to4 2002::/16) is judged as that IPv4 address.
 //! 2. The gateway address (which passt maps to the host's loopback) is
 //!    reachable only through a matching `host:PORT` rule.
-//! 3. Metadata endpoints, loopback and the host's own addresses are denied
-//!    unless a rule names them explicitly: the `metadata` or `private` token,
-//!    or an allow rule for a CIDR no wider than /16 (IPv4) or /48 (IPv6).
-//!    `--net full` and `0.0.0.0/0` never unlock them.
+//! 3. Guarded addresses (`guard.rs`: the host's own addresses, link-local
+//!    and cloud metadata, loopback, multicast, broadcast) are denied unless
+//!    an allow rule names them: a CIDR lying wholly inside the guarded range
+//!    (for the host's own addresses: the exact address), or the `metadata`
+//!    or `private` token. `--net full` and wide CIDRs never unlock them.
 //! 4. Otherwise the most specific matching rule wins (longest prefix, then
 //!    narrowest port range, then a named protocol); on a tie, deny wins.
 //! 5. No matching rule: allow with `--net full` or with only deny rules,
 //!    deny as soon as any allow rule exists.
 
+pub mod guard;
 pub mod rule;
 
 use rule::{Action, Cidr, Proto, Rule, Target};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use guard::{guard, host_address_notes, is_metadata, Guard};
 pub use rule::RuleError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -57,12 +60,6 @@ pub struct Policy {
     /// `--net full`: no allow rule is needed.
     pub full: bool,
 }
-
-pub const METADATA: [IpAddr; 3] = [
-    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
-    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
-];
 
 fn cidr(s: &str, p: u8) -> Cidr {
     Cidr::new(s.parse().expect("static CIDR"), p)
@@ -211,7 +208,7 @@ impl Policy {
                 }
             }
             Target::Metadata => {
-                if !METADATA.contains(&ip) {
+                if !is_metadata(ip) {
                     return None;
                 }
                 32
@@ -230,13 +227,10 @@ impl Policy {
         Some((prefix, u32::MAX - port_width, u8::from(rule.proto.is_some())))
     }
 
-    /// Whether `rule` names an always-denied address explicitly.
-    fn names_explicitly(rule: &Rule) -> bool {
-        match &rule.target {
-            Target::Metadata | Target::Private => true,
-            Target::Cidr(c) => c.prefix >= if c.addr.is_ipv4() { 16 } else { 48 },
-            _ => false,
-        }
+    /// Warnings for `cordon run`: allow rules that contain one of the host's
+    /// own addresses without naming it (it stays blocked).
+    pub fn host_address_notes(&self, env: &Env) -> Vec<String> {
+        host_address_notes(&self.rules, env)
     }
 
     pub fn decide(&self, d: &Dest, env: &Env) -> Decision {
@@ -257,22 +251,12 @@ impl Policy {
             };
         }
 
-        let guarded = if METADATA.contains(&ip) {
-            Some("metadata endpoint")
-        } else if ip.is_loopback() {
-            Some("loopback")
-        } else if env.host_addrs.iter().any(|h| effective(*h) == ip) {
-            Some("the host's own address")
-        } else if ip.is_unspecified() {
-            Some("unspecified address")
-        } else {
-            None
-        };
+        let guarded = guard(ip, env);
 
         let mut best: Option<(Score, &Rule)> = None;
         for r in &self.rules {
             let Some(score) = Self::matches(r, d, ip, env) else { continue };
-            if guarded.is_some() && r.action == Action::Allow && !Self::names_explicitly(r) {
+            if guarded.as_ref().is_some_and(|g| r.action == Action::Allow && !guard::opens(r, g)) {
                 continue;
             }
             best = match best {
@@ -287,7 +271,7 @@ impl Policy {
             (Some((_, r)), _) => {
                 Decision::new(if r.action == Action::Allow { Verdict::Allow } else { Verdict::Deny }, via(&r.text))
             }
-            (None, Some(why)) => Decision::new(Verdict::Deny, via(why)),
+            (None, Some(g)) => Decision::new(Verdict::Deny, via(g.why)),
             (None, None) if self.full || !self.has_allow() => Decision::new(Verdict::Allow, "default allow"),
             (None, None) => Decision::new(Verdict::Deny, "default deny (allow rules exist)"),
         }
@@ -395,6 +379,64 @@ mod tests {
         assert_eq!(v(&pol(&["metadata"], &[], false), "169.254.169.254", 80), Verdict::Allow);
         assert_eq!(v(&pol(&["169.254.169.254"], &[], false), "169.254.169.254", 80), Verdict::Allow);
         assert_eq!(v(&pol(&["private"], &[], false), "192.0.2.2", 80), Verdict::Allow);
+    }
+
+    #[test]
+    fn test_multicast_broadcast_link_local_guarded_under_full() {
+        let full = pol(&[], &[], true);
+        let wide = pol(&["0.0.0.0/0", "::/0"], &[], true);
+        for ip in [
+            "224.0.0.1",
+            "239.255.255.250",
+            "ff02::1",
+            "ff05::1:3",
+            "255.255.255.255",
+            "169.254.170.2",
+            "169.254.170.23",
+            "fe80::1",
+            "fd00:ec2::23",
+            "168.63.129.16",
+            "::ffff:224.0.0.1",
+            "0.1.2.3",
+        ] {
+            for p in [&full, &wide] {
+                let d = decide(p, ip, Proto::Udp, 9999);
+                assert_eq!(d.verdict, Verdict::Deny, "{ip} {d:?}");
+            }
+        }
+        // Positive controls: a rule that names them opens them.
+        assert_eq!(
+            decide(&pol(&["udp/224.0.0.1:9999"], &[], true), "224.0.0.1", Proto::Udp, 9999).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(v(&pol(&["169.254.0.0/16"], &[], false), "169.254.170.2", 80), Verdict::Allow);
+        assert_eq!(v(&pol(&["[fe80::/10]:22"], &[], false), "fe80::1", 22), Verdict::Allow);
+        for ip in ["169.254.170.2", "fd00:ec2::23", "168.63.129.16", "fe80::1"] {
+            assert_eq!(v(&pol(&["metadata"], &[], false), ip, 80), Verdict::Allow, "{ip}");
+        }
+        assert_eq!(v(&pol(&["metadata"], &[], false), "224.0.0.1", 80), Verdict::Deny, "metadata names no multicast");
+        assert_eq!(v(&pol(&["private"], &[], false), "ff02::1", 80), Verdict::Allow);
+        assert_eq!(v(&full, "198.51.100.2", 80), Verdict::Allow, "ordinary addresses stay open");
+    }
+
+    #[test]
+    fn test_host_address_opens_only_by_exact_name_or_private() {
+        for rule in ["192.0.2.0/24", "192.0.0.0/16", "192.0.2.2/31", "[fd00::/64]", "0.0.0.0/0"] {
+            let p = pol(&[rule], &[], true);
+            assert_eq!(v(&p, "192.0.2.2", 22), Verdict::Deny, "{rule}");
+            assert_eq!(v(&p, "fd00::2", 22), Verdict::Deny, "{rule}");
+            assert_eq!(p.host_address_notes(&env()).len(), 1, "cordon run says so for {rule}");
+        }
+        assert_eq!(
+            v(&pol(&["192.0.2.0/24"], &[], false), "192.0.2.3", 22),
+            Verdict::Allow,
+            "the rest of the CIDR opens"
+        );
+        assert_eq!(v(&pol(&["192.0.2.2"], &[], false), "192.0.2.2", 22), Verdict::Allow);
+        assert_eq!(v(&pol(&["tcp/192.0.2.2:22"], &[], false), "192.0.2.2", 22), Verdict::Allow);
+        assert_eq!(v(&pol(&["[fd00::2]"], &[], false), "fd00::2", 22), Verdict::Allow);
+        assert_eq!(v(&pol(&["private"], &[], false), "fd00::2", 22), Verdict::Allow);
+        assert!(pol(&["192.0.2.2"], &[], false).host_address_notes(&env()).is_empty());
     }
 
     #[test]
