@@ -433,10 +433,9 @@ async fn wait_ready(
         BackendError::Boot { why, .. } => {
             BackendError::Boot { why: format!("{why}{}", helper_log()), console: console.tail(30) }
         }
-        BackendError::Connect(err) => BackendError::Boot {
-            why: format!("the agent handshake failed: {err}"),
-            console: console.tail(30),
-        },
+        BackendError::Connect(err) => {
+            BackendError::Boot { why: format!("the agent handshake failed: {err}"), console: console.tail(30) }
+        }
         other => other,
     })
 }
