@@ -34,6 +34,10 @@ pub struct Sandbox {
     pub description: String,
     /// The tail of the guest console, for diagnostics when the agent is lost.
     pub console: Option<std::sync::Arc<crate::vm::console::Console>>,
+    /// A private (0700) directory that lives exactly as long as the sandbox
+    /// and is removed even when cordon is SIGKILLed: artifacts are spooled
+    /// and staged here.
+    pub scratch: std::path::PathBuf,
     /// Keeps backend resources (processes, temp dirs) alive; dropped last.
     pub guard: Box<dyn SandboxGuard>,
 }
@@ -73,28 +77,57 @@ pub fn new_token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Finds the guest agent: an explicit path, next to this executable, or the
-/// static build under the workspace's target directory.
+/// Finds the guest agent: an explicit path, else the static build under the
+/// workspace's target directory, else one next to this executable. A
+/// statically linked candidate wins over a dynamic one (`cargo build` puts a
+/// dynamic cordon-agent beside target/*/cordon; the VM cannot run it, and
+/// building the image says so with the command that makes the static one).
 pub fn find_agent(explicit: Option<&std::path::Path>) -> Result<std::path::PathBuf, BackendError> {
     if let Some(p) = explicit {
         return if p.is_file() { Ok(p.to_path_buf()) } else { Err(BackendError::NoAgent(p.display().to_string())) };
     }
-    let mut tried = Vec::new();
+    let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            let mut candidates = vec![dir.join("cordon-agent")];
             // target/{debug,release}/cordon -> target/agent/<triple>/release/cordon-agent
             if let Some(target) = dir.parent() {
-                candidates
-                    .insert(0, target.join("agent").join(crate::AGENT_TRIPLE).join("release").join("cordon-agent"));
+                candidates.push(target.join("agent").join(crate::AGENT_TRIPLE).join("release").join("cordon-agent"));
             }
-            for c in candidates {
-                if c.is_file() {
-                    return Ok(c);
-                }
-                tried.push(c.display().to_string());
-            }
+            candidates.push(dir.join("cordon-agent"));
         }
     }
-    Err(BackendError::NoAgent(tried.join(", ")))
+    pick_agent(&candidates).ok_or_else(|| {
+        BackendError::NoAgent(candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", "))
+    })
+}
+
+/// The first static candidate that exists, else the first that exists.
+fn pick_agent(candidates: &[std::path::PathBuf]) -> Option<std::path::PathBuf> {
+    let present: Vec<&std::path::PathBuf> = candidates.iter().filter(|c| c.is_file()).collect();
+    let is_static = |p: &std::path::Path| {
+        // The program headers sit near the start; one past 4 KiB counts as dynamic.
+        let mut head = vec![0u8; 4096];
+        let n = std::fs::File::open(p).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+        head.truncate(n);
+        !crate::image::has_interpreter(&head)
+    };
+    present.iter().find(|p| is_static(p)).or(present.first()).map(|p| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_pick_agent_prefers_static_over_dynamic() {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = dir.path().join("dynamic");
+        let fake_static = dir.path().join("static");
+        std::fs::copy("/bin/sh", &dynamic).unwrap();
+        std::fs::copy("/bin/busybox", &fake_static).unwrap();
+        let missing = dir.path().join("missing");
+        assert_eq!(pick_agent(&[dynamic.clone(), fake_static.clone()]), Some(fake_static.clone()));
+        assert_eq!(pick_agent(&[missing.clone(), dynamic.clone()]), Some(dynamic));
+        assert_eq!(pick_agent(&[missing]), None);
+    }
 }

@@ -2,7 +2,9 @@
 //! (static agent as /init, static busybox, exactly the modules needed, in load
 //! order). Cached under `$XDG_CACHE_HOME/cordon`, content-addressed: the image
 //! id hashes the kernel package, the agent, busybox and the module list.
+//! Building and pruning happen under the cache lock (see cache.rs).
 
+pub mod cache;
 pub mod cpio;
 pub mod modinfo;
 
@@ -15,8 +17,17 @@ use std::process::Command;
 const FORMAT: &str = "cordon-image-v1";
 
 /// Modules the guest needs; their dependencies are added automatically.
-pub const WANTED_MODULES: &[&str] =
-    &["virtio_mmio", "virtio_pci", "virtio_console", "vmw_vsock_virtio_transport", "virtio_net", "virtio_rng"];
+/// `qemu_fw_cfg` carries the agent's token (kept out of QEMU's argv and the
+/// kernel command line).
+pub const WANTED_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_console",
+    "vmw_vsock_virtio_transport",
+    "virtio_net",
+    "virtio_rng",
+    "qemu_fw_cfg",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -32,6 +43,15 @@ pub enum ImageError {
     BadKernelPackage(String),
     #[error("{0} is not a static binary: install busybox-static (scripts/setup.sh)")]
     NotStatic(PathBuf),
+    #[error(
+        "the guest agent {0} is dynamically linked: the VM needs the static build, which \
+         scripts/build-agent.sh writes to target/agent/{triple}/release/cordon-agent \
+         (or point CORDON_AGENT at a static cordon-agent)",
+        triple = crate::AGENT_TRIPLE
+    )]
+    AgentNotStatic(PathBuf),
+    #[error("locking the image cache")]
+    Lock(#[from] cache::LockError),
     #[error("resolving kernel modules")]
     Modules(#[from] modinfo::ModError),
     #[error("no image named or with id {0:?}; `cordon image ls` lists them")]
@@ -115,14 +135,13 @@ fn fetch_kernel(cache: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<Kerne
     let kernels = cache.join("kernels");
     std::fs::create_dir_all(&kernels).map_err(io(&kernels))?;
     if !refresh {
-        let mut done: Vec<PathBuf> = std::fs::read_dir(&kernels)
+        let done: Vec<PathBuf> = std::fs::read_dir(&kernels)
             .map_err(io(&kernels))?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.join("complete").exists())
             .collect();
-        done.sort();
-        if let Some(dir) = done.pop() {
+        if let Some(dir) = cache::newest_kernel(done) {
             return kernel_at(&dir);
         }
     }
@@ -192,6 +211,9 @@ pub fn has_interpreter(bytes: &[u8]) -> bool {
 /// Builds (or finds in the cache) the default image for `agent`.
 pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<Image, ImageError> {
     let cache = cache_dir();
+    // Held until the image is built (or found) and old ones are pruned: a
+    // concurrent first run waits here and then finds the finished image.
+    let _lock = cache::CacheLock::acquire(&cache, log)?;
     let kernel = fetch_kernel(&cache, refresh, log)?;
     let busybox = PathBuf::from("/bin/busybox");
     let bb = std::fs::read(&busybox).map_err(io(&busybox))?;
@@ -200,7 +222,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     }
     let agent_bytes = std::fs::read(agent).map_err(io(agent))?;
     if has_interpreter(&agent_bytes) {
-        return Err(ImageError::NotStatic(agent.to_path_buf()));
+        return Err(ImageError::AgentNotStatic(agent.to_path_buf()));
     }
     let moddir = kernel.root.join("lib/modules").join(&kernel.release);
     let builtin = modinfo::parse_builtin(&std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default());
@@ -249,7 +271,8 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     prune_old_defaults(&images, 2);
     let staged = tmp.keep();
     if let Err(e) = std::fs::rename(&staged, &dir) {
-        // Another cordon built the same image concurrently; theirs is as good.
+        // Another cordon built the same image (an older one, without the
+        // cache lock); theirs is as good.
         let _ = std::fs::remove_dir_all(&staged);
         if !dir.join("image.json").exists() {
             return Err(io(&dir)(e));
@@ -373,6 +396,7 @@ pub fn list() -> Result<Vec<Image>, ImageError> {
 
 /// Removes every image whose name or id is `which`; returns how many.
 pub fn remove(which: &str) -> Result<usize, ImageError> {
+    let _lock = cache::CacheLock::acquire(&cache_dir(), &|_| {})?;
     let mut n = 0;
     for img in list()? {
         if img.meta.id == which || img.meta.name == which {
