@@ -1,7 +1,7 @@
 //! `cordon doctor`: what this machine offers, which control channel and
 //! accelerator cordon would use, and which backend `auto` picks, with why.
 
-use crate::vm::{accel, control, probe};
+use crate::vm::{accel, control, passt, probe};
 
 pub struct Check {
     pub name: &'static str,
@@ -12,12 +12,20 @@ pub struct Check {
 pub fn checks() -> Vec<Check> {
     let mut v = Vec::new();
     let agent = crate::backend::find_agent(None);
+    let agent_static =
+        agent.as_ref().ok().and_then(|p| std::fs::read(p).ok()).map(|b| !crate::image::has_interpreter(&b));
     v.push(Check {
         name: "guest agent",
-        ok: agent.is_ok(),
-        detail: match agent {
-            Ok(p) => p.display().to_string(),
-            Err(e) => e.to_string(),
+        ok: agent.is_ok() && agent_static == Some(true),
+        detail: match (agent, agent_static) {
+            (Ok(p), Some(true)) => p.display().to_string(),
+            (Ok(p), _) => format!(
+                "{} is dynamically linked: the VM needs the static build (scripts/build-agent.sh writes \
+                 target/agent/{}/release/cordon-agent)",
+                p.display(),
+                crate::AGENT_TRIPLE
+            ),
+            (Err(e), _) => e.to_string(),
         },
     });
     match probe::qemu_binary() {
@@ -62,13 +70,21 @@ pub fn checks() -> Vec<Check> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "not installed (cargo install vhost-device-vsock)".into()),
     });
-    let passt = probe::which("passt");
-    v.push(Check {
-        name: "passt",
-        ok: passt.is_some(),
-        detail: passt
-            .map(|p| format!("{}: --net full and --allow/--deny go through the egress gate", p.display()))
-            .unwrap_or_else(|| "not installed: --net full and rules cannot be enforced (exit 125)".into()),
+    v.push(match passt::find() {
+        Ok(p) => Check {
+            name: "passt",
+            ok: true,
+            detail: format!(
+                "{} (version {}): --net full and --allow/--deny go through the egress gate",
+                p.path.display(),
+                p.version
+            ),
+        },
+        Err(e) => Check {
+            name: "passt",
+            ok: false,
+            detail: format!("{e}; until then --net full and rules cannot be enforced (exit 125)"),
+        },
     });
     let ctl = control::choose(control::ControlChoice::Auto).map(|k| k.describe().to_string()).unwrap_or_else(|e| e);
     v.push(Check { name: "control", ok: true, detail: format!("{ctl} would be used") });

@@ -9,6 +9,7 @@ pub mod accel;
 pub mod args;
 pub mod console;
 pub mod control;
+pub mod passt;
 pub mod probe;
 pub mod qmp;
 pub mod tsc;
@@ -30,18 +31,16 @@ const QEMU_NET_FD: i32 = 3;
 /// The fd number QEMU gets its end of the console socket on.
 const QEMU_CONSOLE_FD: i32 = 4;
 
-/// Starts passt on one socketpair and the gate between it and QEMU's.
+/// Starts `passt_bin` on one socketpair and the gate between it and QEMU's.
 fn start_gate(
     plan: &Plan,
+    passt_bin: &Path,
     dir: &Path,
     janitor: Option<&Janitor>,
 ) -> Result<(Option<crate::netfilter::relay::Relay>, tokio::process::Child, std::os::unix::net::UnixStream), BackendError>
 {
     use crate::netfilter::{gate, relay};
     use std::os::fd::AsRawFd;
-    let passt_bin = probe::which("passt").ok_or_else(|| {
-        BackendError::PolicyUnenforceable("passt is not installed (scripts/setup.sh installs it)".into())
-    })?;
     let pair = || {
         std::os::unix::net::UnixStream::pair()
             .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })
@@ -49,7 +48,7 @@ fn start_gate(
     let (qemu_ours, qemu_theirs) = pair()?;
     let (passt_ours, passt_theirs) = pair()?;
     let policy = crate::policy::Policy::new(plan.rules.clone(), plan.net == NetMode::Full);
-    let mut cmd = std::process::Command::new(&passt_bin);
+    let mut cmd = std::process::Command::new(passt_bin);
     cmd.args(["-f", "-q", "--fd", "3"])
         .args(["-a", &GUEST_V4.to_string(), "-n", "24", "-g", &GATEWAY_V4.to_string()])
         .args(["-a", &GUEST_V6.to_string(), "-g", &GATEWAY_V6.to_string()])
@@ -204,6 +203,12 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         _ => Machine::Q35,
     };
     let kind = control::choose(plan.control).map_err(|e| BackendError::Unavailable("vm", e))?;
+    // Before the image build and the boot: an old passt is a refusal, not a hang later.
+    let passt_bin = if plan.gated() {
+        Some(passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
+    } else {
+        None
+    };
     let agent = find_agent(plan.agent.as_deref())?;
     let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
 
@@ -267,8 +272,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         ),
     };
     let mut qemu_net_fd: Option<std::os::unix::net::UnixStream> = None;
-    let net = if plan.gated() {
-        let (relay, passt, qemu_end) = start_gate(plan, &d, guard.janitor.as_ref())?;
+    let net = if let Some(passt_bin) = &passt_bin {
+        let (relay, passt, qemu_end) = start_gate(plan, passt_bin, &d, guard.janitor.as_ref())?;
         guard.relay = relay;
         guard.passt = Some(passt);
         qemu_net_fd = Some(qemu_end);
@@ -357,7 +362,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             Net::Gated { .. } => "gated (cordon egress gate -> passt)",
         }
     );
-    Ok(Sandbox { client, description, console: Some(console), guard: Box::new(guard) })
+    Ok(Sandbox { client, description, console: Some(console), scratch: d.clone(), guard: Box::new(guard) })
 }
 
 async fn connect_once(control: &Control, dir: &Path) -> std::io::Result<Option<Box<dyn Io>>> {
