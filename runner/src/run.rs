@@ -293,6 +293,7 @@ async fn run_step(
         ..Default::default()
     };
     let agent_err = |e| RunError::Agent(e, String::new());
+    let step_deadline = step.timeout.map(|t| tokio::time::Instant::now() + t);
     let start = async {
         let mut h = sb.client.exec(req).await?;
         let r = h.started().await;
@@ -309,6 +310,10 @@ async fn run_step(
         code = watch.interrupted() => {
             let stop = if code == exit::TIMED_OUT { Stop::JobTimeout } else { Stop::Signal(code as i32 - 128) };
             return Ok(StepEnd::Stopped(stop, None));
+        }
+        // The step may already run (and time out) before the agent says so.
+        _ = sleep_until_opt(step_deadline.map(|d| d + KILL_AFTER + ABANDON_AFTER)) => {
+            return Ok(StepEnd::Stopped(Stop::StepTimeout, None));
         }
     };
     if out.json {
@@ -329,7 +334,6 @@ async fn run_step(
             let _ = w.close().await;
         })
     });
-    let step_deadline = step.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut stop = Stopping::default();
     let end = loop {
         tokio::select! {
