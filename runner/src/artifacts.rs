@@ -34,7 +34,7 @@ pub enum ArtifactError {
     },
     #[error("{path} is not a directory (a symlink or file is in the way); remove it to copy this artifact")]
     NotADirectory { path: String },
-    #[error("the sandbox sent no {0} for this artifact")]
+    #[error("the sandbox sent no usable {0}")]
     Missing(String),
     #[error("moving the artifact into {path} failed")]
     Install {

@@ -141,7 +141,11 @@ async fn copy_one(sb: &Sandbox, guest: &str, dest: &Destination, work: &Path, li
         let _ = std::fs::remove_file(&spool_path);
         let src: PathBuf = if is_dir { root } else { root.join(&name) };
         if std::fs::symlink_metadata(&src).is_err() {
-            return Err(Failure::Host(ArtifactError::Missing(format!("file named {}", name.to_string_lossy()))));
+            let mut what = format!("file named {}", name.to_string_lossy());
+            if !staged.skipped.is_empty() {
+                what = format!("{what} ({})", staged.skipped.join("; "));
+            }
+            return Err(Failure::Host(ArtifactError::Missing(what)));
         }
         let replaced = artifacts::install(&src, &dest).map_err(Failure::Host)?;
         Ok(Copied { size, entries: staged.entries, skipped: staged.skipped, replaced })
