@@ -31,6 +31,14 @@ pub struct ExecCtx {
     pub cgroups: Option<CgroupRoot>,
 }
 
+/// What the runner asks of a running exec besides its stdin.
+pub enum ExecControl {
+    /// Signal the whole tree.
+    Signal(i32),
+    /// The runner's terminal changed size; only meaningful with a pty.
+    Resize(cordon_protocol::PtySize),
+}
+
 pub enum StdinEvent {
     Data(Bytes),
     Eof,
@@ -44,7 +52,7 @@ pub struct ExecIo {
     pub stderr_win: Window,
     pub stdin: mpsc::UnboundedReceiver<StdinEvent>,
     pub stdin_inflight: crate::server::Inflight,
-    pub signals: mpsc::UnboundedReceiver<i32>,
+    pub signals: mpsc::UnboundedReceiver<ExecControl>,
     pub closed: watch::Receiver<bool>,
 }
 
@@ -54,6 +62,8 @@ struct Spawned {
     stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
     stdout: Box<dyn AsyncRead + Send + Unpin>,
     stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// The pty master, for window size changes.
+    pty: Option<OwnedFd>,
 }
 
 pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
@@ -88,7 +98,14 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
                 we_killed = true;
                 killer = Some(tokio::spawn(terminate(tree.clone(), grace)));
             }
-            Some(sig) = signals.recv() => tree.signal(sig),
+            Some(c) = signals.recv() => match c {
+                ExecControl::Signal(sig) => tree.signal(sig),
+                ExecControl::Resize(size) => {
+                    if let Some(m) = &sp.pty {
+                        set_window_size(m, size);
+                    }
+                }
+            },
             r = closed.changed(), if killer.is_none() => {
                 if r.is_err() || *closed.borrow() {
                     we_killed = true;
@@ -280,6 +297,7 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
 
     let (stdout, stderr, stdin_w): (Box<dyn AsyncRead + Send + Unpin>, Option<Box<dyn AsyncRead + Send + Unpin>>, _);
     let use_pty = req.pty.is_some();
+    let mut pty = None;
     if let Some(size) = req.pty {
         let (master, slave) = openpty(size.rows, size.cols).map_err(other)?;
         let dup = |f: &OwnedFd| f.try_clone().map_err(other);
@@ -294,6 +312,7 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
         }
         let w: Option<Box<dyn AsyncWrite + Send + Unpin>> =
             if req.stdin { Some(Box::new(FdIo::new(dup(&master)?).map_err(other)?)) } else { None };
+        pty = Some(dup(&master)?);
         stdout = Box::new(FdIo::new(master).map_err(other)?);
         stderr = None;
         stdin_w = w;
@@ -346,7 +365,14 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
         .spawn_registered(|| cmd.spawn().map(|c| (c.id() as i32, c.id() as i32)))
         .map_err(|e| classify(prog, req.uid.is_some() || req.gid.is_some(), e))?;
     drop(cmd);
-    Ok(Spawned { tree: Tree { pgid: pid, cgroup }, reaped, stdin: stdin_w, stdout, stderr })
+    Ok(Spawned { tree: Tree { pgid: pid, cgroup }, reaped, stdin: stdin_w, stdout, stderr, pty })
+}
+
+/// Sets the pty's window size; the kernel sends SIGWINCH to its foreground group.
+fn set_window_size(master: &OwnedFd, size: cordon_protocol::PtySize) {
+    let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from a struct we own; the fd is ours.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 /// This process's `oom_score_adj` (0 when unreadable).

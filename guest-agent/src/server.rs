@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
-use crate::exec::{ExecCtx, ExecIo, StdinEvent};
+use crate::exec::{ExecControl, ExecCtx, ExecIo, StdinEvent};
 use crate::outbox::Outbox;
 use crate::transfer::{self, PutEvent};
 
@@ -53,7 +53,7 @@ enum Entry {
         stdin_inflight: Inflight,
         stdout: Window,
         stderr: Window,
-        signals: mpsc::UnboundedSender<i32>,
+        signals: mpsc::UnboundedSender<ExecControl>,
     },
     Put {
         data: mpsc::UnboundedSender<PutEvent>,
@@ -313,12 +313,25 @@ async fn control(
         }
         Message::Signal { signal } => {
             let ok = match streams.lock().expect("streams lock").get(&stream) {
-                Some(Entry::Exec { signals, .. }) if (1..=64).contains(&signal) => signals.send(signal).is_ok(),
+                Some(Entry::Exec { signals, .. }) if (1..=64).contains(&signal) => {
+                    signals.send(ExecControl::Signal(signal)).is_ok()
+                }
                 _ => false,
             };
             if !ok {
                 out.error(stream, ErrorCode::Unexpected, format!("cannot send signal {signal} on stream {stream}"))
                     .await;
+            }
+        }
+        Message::Resize(size) => {
+            let ok = match streams.lock().expect("streams lock").get(&stream) {
+                Some(Entry::Exec { signals, .. }) if size.rows > 0 && size.cols > 0 => {
+                    signals.send(ExecControl::Resize(size)).is_ok()
+                }
+                _ => false,
+            };
+            if !ok {
+                out.error(stream, ErrorCode::Unexpected, format!("cannot resize stream {stream}")).await;
             }
         }
         Message::Credit { channel, bytes } => {

@@ -35,6 +35,9 @@ pub enum Message {
     Exit(ExitStatus),
     /// Runner to agent on a running exec's stream: signal its whole tree.
     Signal { signal: i32 },
+    /// Runner to agent on a running exec's stream: the runner's terminal
+    /// changed size; the agent resizes the exec's pty (ignored without one).
+    Resize(PtySize),
     /// Either way on a stream: the receiver consumed `bytes` of `channel`, the
     /// sender may send that many more.
     Credit { channel: Channel, bytes: u32 },
@@ -241,6 +244,7 @@ mod tests {
             Message::Exit(ExitStatus { code: Some(42), ..Default::default() }),
             Message::Credit { channel: Channel::Stdout, bytes: 4096 },
             Message::Shutdown,
+            Message::Resize(PtySize { rows: 40, cols: 132 }),
             Message::Ready(Ready {
                 agent_version: "0.1.0".into(),
                 version_min: 1,

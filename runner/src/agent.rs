@@ -572,6 +572,11 @@ impl ExecHandle {
         self.shared.msg(self.stream, &Message::Signal { signal }).await
     }
 
+    /// Tells the exec's pty the new window size.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), AgentError> {
+        self.shared.msg(self.stream, &Message::Resize(cordon_protocol::PtySize { rows, cols })).await
+    }
+
     pub fn stream_id(&self) -> u32 {
         self.stream
     }

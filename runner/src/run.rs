@@ -335,6 +335,7 @@ async fn run_step(
         })
     });
     let mut stop = Stopping::default();
+    let mut winch = if plan.tty { signal(SignalKind::window_change()).ok() } else { None };
     let end = loop {
         tokio::select! {
             ev = h.next_event() => match ev.map_err(agent_err)? {
@@ -352,6 +353,10 @@ async fn run_step(
                     None => StepEnd::Exited(st),
                 },
             },
+            Some(()) = recv_signal(&mut winch) => {
+                let (rows, cols) = crate::term::window_size();
+                let _ = tokio::time::timeout(Duration::from_secs(1), h.resize(rows, cols)).await;
+            }
             _ = watch.int.recv() => stop.begin(Stop::Signal(libc::SIGINT), &h).await,
             _ = watch.term.recv() => stop.begin(Stop::Signal(libc::SIGTERM), &h).await,
             _ = sleep_until_opt(watch.deadline), if stop.why.is_none() => stop.begin(Stop::JobTimeout, &h).await,
@@ -369,6 +374,13 @@ async fn run_step(
         t.abort();
     }
     Ok(end)
+}
+
+async fn recv_signal(s: &mut Option<Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn start(plan: &Plan) -> Result<Sandbox, RunError> {

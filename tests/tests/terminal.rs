@@ -46,7 +46,17 @@ fn on_pty(args: &[&str], rows: u16, cols: u16) -> (Child, std::fs::File) {
 
 /// Reads the master until cordon exits (EIO once the slave is gone), with a
 /// guard against a hang: a run that waits for a key press never ends.
-fn finish(mut child: Child, master: std::fs::File, keys: &[(&str, &[u8])]) -> (Option<i32>, String) {
+fn finish(child: Child, master: std::fs::File, keys: &[(&str, &[u8])]) -> (Option<i32>, String) {
+    finish_with(child, master, keys, None)
+}
+
+/// `finish`, also signalling `on` once its text appears.
+fn finish_with(
+    mut child: Child,
+    master: std::fs::File,
+    keys: &[(&str, &[u8])],
+    mut on: Option<(&str, std::sync::mpsc::Sender<()>)>,
+) -> (Option<i32>, String) {
     let fd = master.as_raw_fd();
     let mut master = master;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -76,6 +86,12 @@ fn finish(mut child: Child, master: std::fs::File, keys: &[(&str, &[u8])]) -> (O
             if seen.contains(after) {
                 master.write_all(bytes).unwrap();
                 next_key = keys.next();
+            }
+        }
+        if let Some((after, tx)) = &on {
+            if seen.contains(after) {
+                let _ = tx.send(());
+                on = None;
             }
         }
         if let Some(st) = child.try_wait().unwrap() {
@@ -117,6 +133,28 @@ fn test_pty_tty_flag_gives_a_terminal_of_the_right_size() {
     let (child, master) = on_pty(&["run", "--isolation", "local-agent", "--", "sh", "-c", script], 33, 101);
     let (_, seen) = finish(child, master, &[]);
     assert!(!seen.contains("on-a-tty"), "{seen:?}");
+}
+
+#[test]
+fn test_pty_window_resize_reaches_the_step() {
+    let script = "stty size; trap 'stty size; exit 0' WINCH; echo armed; while :; do sleep 0.1; done";
+    let (child, master) = on_pty(&["run", "--isolation", "local-agent", "-t", "--", "sh", "-c", script], 24, 80);
+    let fd = master.as_raw_fd();
+    let resize = move || {
+        let ws = libc::winsize { ws_row: 50, ws_col: 160, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ on our own pty master; the kernel sends SIGWINCH to cordon.
+        unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if rx.recv().is_ok() {
+            resize();
+        }
+    });
+    let (code, seen) = finish_with(child, master, &[], Some(("armed", tx)));
+    assert_eq!(code, Some(0), "{seen:?}");
+    assert!(seen.contains("24 80"), "{seen:?}");
+    assert!(seen.contains("50 160"), "{seen:?}");
 }
 
 #[test]
