@@ -52,6 +52,10 @@ pub struct Staged {
     pub skipped: Vec<String>,
 }
 
+/// Deepest path an artifact may hold: far beyond real build trees, and it
+/// bounds the per-entry walk and the recursion of copying and removing.
+pub const MAX_DEPTH: usize = 256;
+
 fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
@@ -156,6 +160,10 @@ pub fn stage<R: Read>(r: R, root: &Path, single_file: bool) -> Result<Staged, Ar
             skip("absolute or `..` path, skipped");
             continue;
         };
+        if comps.len() > MAX_DEPTH {
+            skip(&format!("deeper than {MAX_DEPTH} directories, skipped"));
+            continue;
+        }
         let h = entry.header();
         let kind = h.entry_type();
         let mode = h.mode().unwrap_or(0o644) & 0o777;

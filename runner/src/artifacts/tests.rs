@@ -192,3 +192,20 @@ fn test_install_copies_across_file_systems() {
     assert_eq!(std::fs::metadata(got.join("a/f")).unwrap().permissions().mode() & 0o777, 0o751);
     assert_eq!(std::fs::read_link(got.join("l")).unwrap(), Path::new("a/f"));
 }
+
+#[test]
+fn test_stage_skips_absurdly_deep_paths() {
+    let (_t, root) = staging();
+    let deep = vec!["d"; MAX_DEPTH + 1].join("/");
+    let ok = vec!["d"; MAX_DEPTH].join("/");
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, data) in [(&deep, &b"deep"[..]), (&ok, &b"ok"[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, p, data).unwrap();
+    }
+    let got = stage(&b.into_inner().unwrap()[..], &root, false).unwrap();
+    assert_eq!(got.skipped.len(), 1, "{:?}", got.skipped);
+    assert_eq!(std::fs::read(root.join(&ok)).unwrap(), b"ok");
+}
