@@ -10,6 +10,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         env: Env { gateways: vec!["10.0.2.2".parse().unwrap()], host_addrs: vec![] },
         dns_addrs: vec!["10.0.2.3".parse().unwrap()],
         gateway_v4: "10.0.2.2".parse().unwrap(),
+        mtu: 1500,
+        dns_upstream: None,
     });
     let _ = g.outbound(data);
     let _ = g.inbound(data);

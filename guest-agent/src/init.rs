@@ -17,7 +17,7 @@ pub struct BootParams {
     pub token: Option<String>,
     pub modules: Vec<String>,
     pub hostname: Option<String>,
-    /// `cordon.net=ADDR4/LEN,GW4,DNS[,ADDR6/LEN,GW6]`: static guest network.
+    /// `cordon.net=ADDR4/LEN,GW4,DNS[,ADDR6/LEN,GW6][,mtu=N]`: static guest network.
     pub net: Option<String>,
     /// `cordon.halt=reboot`: end with a reboot (QEMU `-no-reboot` exits) rather
     /// than an ACPI power-off, for machines without ACPI.
@@ -193,7 +193,11 @@ pub fn loopback_up() {
 /// Configures the first non-loopback interface from a `cordon.net` spec
 /// with busybox `ip`, and writes /etc/resolv.conf.
 pub fn configure_net(spec: &str) {
-    let parts: Vec<&str> = spec.split(',').collect();
+    // `mtu=N` may follow the addresses: the gate refuses larger frames, so
+    // the interface must not send them (virtio-net's default is 1500 too,
+    // but the gate's limit should not rest on a default).
+    let mtu = spec.split(',').find_map(|p| p.strip_prefix("mtu="));
+    let parts: Vec<&str> = spec.split(',').filter(|p| !p.starts_with("mtu=")).collect();
     if parts.len() < 3 {
         tracing::warn!(spec, "bad cordon.net");
         return;
@@ -223,6 +227,9 @@ pub fn configure_net(spec: &str) {
             tracing::warn!(?args, "ip command failed");
         }
     };
+    if let Some(mtu) = mtu {
+        ip(&["link", "set", &dev, "mtu", mtu]);
+    }
     ip(&["link", "set", &dev, "up"]);
     ip(&["addr", "add", parts[0], "dev", &dev]);
     ip(&["route", "add", "default", "via", parts[1]]);

@@ -2,19 +2,29 @@
 //! Flows are decided on their first packet (TCP SYN, first UDP datagram,
 //! ICMP echo) and remembered in a bounded table; replies from passt pass
 //! only for known, allowed flows. Denied TCP gets a RST, the rest ICMP
-//! "administratively prohibited". DNS to the gate's address is answered
-//! here. Independent of QEMU: the namespace backend feeds it the same way.
+//! "administratively prohibited" (nothing for multicast and broadcast).
+//! DNS to the gate's address is answered here, with a bounded number of
+//! upstream questions in flight. Frames above the guest MTU are refused;
+//! what is forwarded is cut to the judged packet. Independent of QEMU: the
+//! namespace backend feeds it the same way.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::packet::{self, Ip, Packet, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use super::audit::{now_secs, Limiter};
+use super::names::{Cache, Names};
+use super::packet::{self, Ip, Packet, UdpPeer, ETH_HLEN, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::policy::rule::Proto;
 use crate::policy::{Decision, Dest, Env, Policy, Verdict};
 
+pub use super::audit::FlowRecord;
+
 /// Flows beyond this are refused until old ones expire.
 pub const MAX_FLOWS: usize = 16_384;
+/// Upstream DNS questions in flight at once; more are dropped (the guest's
+/// resolver asks again), so a flood of names cannot become a flood upstream.
+pub const MAX_DNS_IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -38,25 +48,13 @@ pub struct Flow {
     fin_in: bool,
 }
 
-/// One line of the audit log.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FlowRecord {
-    pub time: f64,
-    pub proto: &'static str,
-    pub dst: IpAddr,
-    pub port: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_name: Option<String>,
-    pub verdict: Verdict,
-    pub rule: String,
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-}
-
 /// What to do with a frame from the guest.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outbound {
     Forward,
+    /// Forward only the first this many bytes (the packet without what
+    /// trails it).
+    ForwardFirst(usize),
     Drop,
     /// Send these frames back to the guest instead.
     Reply(Vec<Vec<u8>>),
@@ -64,11 +62,11 @@ pub enum Outbound {
     Resolve(DnsJob),
 }
 
+/// A question to ask upstream: the query and whom to answer, not the frame.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DnsJob {
     pub query: super::dns::Query,
-    pub frame: Vec<u8>,
-    pub ip: Ip,
+    pub peer: UdpPeer,
 }
 
 pub struct Config {
@@ -77,16 +75,37 @@ pub struct Config {
     /// Addresses the gate answers DNS on.
     pub dns_addrs: Vec<IpAddr>,
     pub gateway_v4: Ipv4Addr,
+    /// The guest's MTU: larger frames from the guest are refused.
+    pub mtu: usize,
+    /// Where allowed names are resolved.
+    pub dns_upstream: Option<SocketAddr>,
+}
+
+/// Counters for the run's summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub flows_allowed: u64,
+    pub flows_denied: u64,
+    /// Frames above the MTU, malformed, or of a kind never forwarded.
+    pub frames_dropped: u64,
+    /// DNS questions dropped because MAX_DNS_IN_FLIGHT were pending.
+    pub dns_dropped: u64,
+    /// DNS questions answered from the cache.
+    pub dns_cached: u64,
+    /// Audit records not written because too many kinds were being logged.
+    pub records_unlogged: u64,
 }
 
 pub struct Gate {
     pub cfg: Config,
     flows: HashMap<FlowKey, Flow>,
-    /// Addresses learned from allowed DNS answers: ip -> (name, expiry).
-    names: HashMap<IpAddr, Vec<(String, Instant)>>,
+    /// Addresses learned from allowed DNS answers, for domain rules.
+    names: Names,
+    cache: Cache,
+    dns_in_flight: usize,
+    limiter: Limiter,
     pub closed: Vec<FlowRecord>,
-    pub allowed: u64,
-    pub denied: u64,
+    pub counters: Counters,
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -97,10 +116,6 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
-fn now_secs(t: SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
 fn idle_limit(proto: u8) -> Duration {
     match proto {
         packet::PROTO_TCP => Duration::from_secs(15 * 60),
@@ -109,30 +124,44 @@ fn idle_limit(proto: u8) -> Duration {
     }
 }
 
+/// Multicast or broadcast: such packets never get an ICMP error (RFC 1122
+/// 3.2.2, RFC 4443 2.4), and their address is no source to send one from.
+fn to_many(ip: IpAddr) -> bool {
+    match crate::policy::effective(ip) {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_multicast(),
+    }
+}
+
 impl Gate {
     pub fn new(cfg: Config) -> Gate {
-        Gate { cfg, flows: HashMap::new(), names: HashMap::new(), closed: Vec::new(), allowed: 0, denied: 0 }
+        Gate {
+            cfg,
+            flows: HashMap::new(),
+            names: Names::default(),
+            cache: Cache::default(),
+            dns_in_flight: 0,
+            limiter: Limiter::default(),
+            closed: Vec::new(),
+            counters: Counters::default(),
+        }
     }
 
-    fn names_for(&self, ip: IpAddr) -> Vec<String> {
-        let now = Instant::now();
-        self.names
-            .get(&ip)
-            .map(|v| v.iter().filter(|(_, exp)| *exp > now).map(|(n, _)| n.clone()).collect())
-            .unwrap_or_default()
+    /// Replaces the host's own addresses (they change while a run goes on).
+    pub fn set_host_addrs(&mut self, addrs: Vec<IpAddr>) {
+        self.cfg.env.host_addrs = addrs;
     }
 
     /// Remembers an allowed DNS answer for its TTL (at least a few seconds,
     /// so a connect right after the lookup is not refused by rounding).
     pub fn learn(&mut self, name: &str, ip: IpAddr, ttl: u32) {
-        let exp = Instant::now() + Duration::from_secs(u64::from(ttl.clamp(5, 24 * 3600)));
-        let v = self.names.entry(ip).or_default();
-        v.retain(|(n, _)| n != name);
-        v.push((name.to_string(), exp));
+        let now = Instant::now();
+        let exp = now + Duration::from_secs(u64::from(ttl.clamp(5, 24 * 3600)));
+        self.names.learn(name, ip, exp, now);
     }
 
     fn record(&mut self, key: &FlowKey, f: &Flow) {
-        self.closed.push(FlowRecord {
+        let rec = FlowRecord {
             time: now_secs(f.started),
             proto: proto_name(key.proto),
             dst: key.dst,
@@ -142,28 +171,79 @@ impl Gate {
             rule: f.by.clone(),
             bytes_out: f.bytes_out,
             bytes_in: f.bytes_in,
-        });
+            repeats: None,
+        };
+        match f.verdict {
+            // One line per allowed flow, when it ends.
+            Verdict::Allow => self.closed.push(rec),
+            Verdict::Deny => self.log_limited(rec),
+        }
+    }
+
+    /// Refusals and DNS questions: at most one line per kind per second.
+    fn log_limited(&mut self, rec: FlowRecord) {
+        if let Some(r) = self.limiter.admit(rec, Instant::now()) {
+            self.closed.push(r);
+        }
+        self.counters.records_unlogged = self.limiter.unlogged;
+    }
+
+    fn drop_frame(&mut self) -> Outbound {
+        self.counters.frames_dropped += 1;
+        Outbound::Drop
+    }
+
+    /// Forwards `ip`'s packet without whatever trails it in `frame`.
+    fn forward(frame: &[u8], end: usize) -> Outbound {
+        if end < frame.len() {
+            Outbound::ForwardFirst(end)
+        } else {
+            Outbound::Forward
+        }
     }
 
     /// Judges a frame from the guest.
     pub fn outbound(&mut self, frame: &[u8]) -> Outbound {
-        let Some(pkt) = packet::parse(frame) else { return Outbound::Drop };
+        if frame.len() > self.cfg.mtu + ETH_HLEN || frame.get(6).is_none_or(|b| b & 1 != 0) {
+            // Above the MTU set in the guest, or from a multicast source MAC.
+            return self.drop_frame();
+        }
+        let Some(pkt) = packet::parse(frame) else { return self.drop_frame() };
         let ip = match pkt {
-            // ARP only for the gateway and the DNS address.
-            Packet::Arp { target_ip, .. } => {
-                let ok = target_ip == self.cfg.gateway_v4 || self.cfg.dns_addrs.contains(&IpAddr::V4(target_ip));
-                return if ok { Outbound::Forward } else { Outbound::Drop };
+            Packet::Arp { .. } => {
+                let gw = self.cfg.gateway_v4;
+                let targets: Vec<Ipv4Addr> = std::iter::once(gw)
+                    .chain(self.cfg.dns_addrs.iter().filter_map(|a| match a {
+                        IpAddr::V4(v) => Some(*v),
+                        IpAddr::V6(_) => None,
+                    }))
+                    .collect();
+                return match super::link::arp(frame, &targets) {
+                    Some(n) => Self::forward(frame, n),
+                    None => self.drop_frame(),
+                };
             }
-            Packet::Other(_) => return Outbound::Drop,
+            Packet::Other(_) => return self.drop_frame(),
             Packet::Ip(ip) => ip,
         };
-        // NDP (router/neighbor solicitation and advertisement) stays on link.
-        if let L4::Icmp { kind: 133..=137, .. } = ip.l4 {
-            return if ip.src.is_ipv6() { Outbound::Forward } else { Outbound::Drop };
+        // NDP with passt (router/neighbor solicitation, neighbor advertisement).
+        if let (true, L4::Icmp { kind: 133..=137, .. }) = (ip.src.is_ipv6(), &ip.l4) {
+            return match super::link::ndp(frame, &ip, &self.cfg.env.gateways) {
+                Some(n) => Self::forward(frame, n),
+                None => self.drop_frame(),
+            };
         }
         if ip.opaque {
             // Fragments, IP options, IPv6 extension headers: no ports to judge.
-            return Outbound::Drop;
+            return self.drop_frame();
+        }
+        // DHCP and DHCPv6 with passt, which answers them itself and never
+        // sends them on (passt takes every datagram to port 67 or 547).
+        if let L4::Udp { dport: 67 | 547, .. } = ip.l4 {
+            return match super::link::dhcp(frame, &ip, self.cfg.gateway_v4) {
+                Some(n) => Self::forward(frame, n),
+                None => self.drop_frame(),
+            };
         }
         if self.cfg.dns_addrs.contains(&ip.dst) {
             if let L4::Udp { dport: 53, ref payload, .. } = ip.l4 {
@@ -171,7 +251,7 @@ impl Gate {
             }
             // Anything else to the DNS address (DNS over TCP included) would
             // reach passt's own resolver forwarding: never let it through.
-            self.denied += 1;
+            self.counters.flows_denied += 1;
             return self.refuse(frame, &ip);
         }
         let (proto, sport, dport, first) = match ip.l4 {
@@ -183,10 +263,10 @@ impl Gate {
             L4::Icmp { kind: 8 | 128, ident } => {
                 (if ip.src.is_ipv4() { packet::PROTO_ICMP } else { packet::PROTO_ICMPV6 }, ident, 0, true)
             }
-            _ => return Outbound::Drop,
+            _ => return self.drop_frame(),
         };
         let key = FlowKey { proto, src: ip.src, sport, dst: ip.dst, dport };
-        let len = frame.len() as u64;
+        let len = (ip.end) as u64;
         if let Some(f) = self.flows.get_mut(&key) {
             f.last = Instant::now();
             if f.verdict == Verdict::Allow {
@@ -198,7 +278,7 @@ impl Gate {
                         self.record(&key, &f);
                     }
                 }
-                return Outbound::Forward;
+                return Self::forward(frame, ip.end);
             }
             return self.refuse(frame, &ip);
         }
@@ -209,11 +289,11 @@ impl Gate {
         if self.flows.len() >= MAX_FLOWS {
             self.expire(Instant::now());
             if self.flows.len() >= MAX_FLOWS {
-                self.denied += 1;
+                self.counters.flows_denied += 1;
                 return self.refuse(frame, &ip);
             }
         }
-        let names = self.names_for(ip.dst);
+        let names = self.names.get(ip.dst, Instant::now());
         let p = match proto {
             packet::PROTO_TCP => Proto::Tcp,
             packet::PROTO_UDP => Proto::Udp,
@@ -234,12 +314,12 @@ impl Gate {
         };
         match verdict {
             Verdict::Allow => {
-                self.allowed += 1;
+                self.counters.flows_allowed += 1;
                 self.flows.insert(key, flow);
-                Outbound::Forward
+                Self::forward(frame, ip.end)
             }
             Verdict::Deny => {
-                self.denied += 1;
+                self.counters.flows_denied += 1;
                 self.record(&key, &flow);
                 self.refuse(frame, &ip)
             }
@@ -247,40 +327,65 @@ impl Gate {
     }
 
     fn refuse(&self, frame: &[u8], ip: &Ip) -> Outbound {
+        if to_many(ip.dst) {
+            return Outbound::Drop;
+        }
         match ip.l4 {
             L4::Tcp { .. } => packet::tcp_rst(frame, ip).map(|r| Outbound::Reply(vec![r])).unwrap_or(Outbound::Drop),
             _ => Outbound::Reply(vec![packet::icmp_prohibited(frame, ip)]),
         }
     }
 
+    fn dns_record(&mut self, dst: IpAddr, name: &str, verdict: Verdict, rule: String) {
+        self.log_limited(FlowRecord {
+            time: now_secs(SystemTime::now()),
+            proto: "dns",
+            dst,
+            port: 53,
+            dns_name: Some(name.to_string()),
+            verdict,
+            rule,
+            bytes_out: 0,
+            bytes_in: 0,
+            repeats: None,
+        });
+    }
+
     fn dns(&mut self, frame: &[u8], ip: &Ip, payload: std::ops::Range<usize>) -> Outbound {
-        let Some(q) = frame.get(payload).and_then(super::dns::parse_query) else { return Outbound::Drop };
+        let Some(q) = frame.get(payload).and_then(super::dns::parse_query) else { return self.drop_frame() };
+        let Some(peer) = UdpPeer::of(frame, ip) else { return self.drop_frame() };
         let name_ok = self.cfg.policy.name_allowed(&q.name).is_some();
         if !(name_ok && matches!(q.qtype, super::dns::TYPE_A | super::dns::TYPE_AAAA)) {
             let rcode = if name_ok { 0 } else { 3 };
-            self.closed.push(FlowRecord {
-                time: now_secs(SystemTime::now()),
-                proto: "dns",
-                dst: ip.dst,
-                port: 53,
-                dns_name: Some(q.name.clone()),
-                verdict: if rcode == 0 { Verdict::Allow } else { Verdict::Deny },
-                rule: if rcode == 0 {
-                    "no A/AAAA asked: empty answer".into()
-                } else {
-                    "name not allowed: NXDOMAIN, not forwarded".into()
-                },
-                bytes_out: 0,
-                bytes_in: 0,
-            });
-            let r = super::dns::reply(&q, rcode, &[]);
-            return packet::udp_reply(frame, ip, &r).map(|f| Outbound::Reply(vec![f])).unwrap_or(Outbound::Drop);
+            let (verdict, why) = if name_ok {
+                (Verdict::Allow, "no A/AAAA asked: empty answer")
+            } else {
+                (Verdict::Deny, "name not allowed: NXDOMAIN, not forwarded")
+            };
+            self.dns_record(ip.dst, &q.name, verdict, why.into());
+            return Outbound::Reply(vec![peer.reply(&super::dns::reply(&q, rcode, &[]))]);
         }
-        Outbound::Resolve(DnsJob { query: q, frame: frame.to_vec(), ip: ip.clone() })
+        if let Some((rcode, recs)) = self.cache.get(&q.name, q.qtype, Instant::now()) {
+            self.counters.dns_cached += 1;
+            for (a, ttl) in &recs {
+                self.learn(&q.name, *a, *ttl);
+            }
+            self.dns_record(ip.dst, &q.name, Verdict::Allow, format!("cached: {} address(es)", recs.len()));
+            return Outbound::Reply(vec![peer.reply(&super::dns::reply(&q, rcode, &recs))]);
+        }
+        if self.dns_in_flight >= MAX_DNS_IN_FLIGHT {
+            self.counters.dns_dropped += 1;
+            return Outbound::Drop;
+        }
+        self.dns_in_flight += 1;
+        Outbound::Resolve(DnsJob { query: q, peer })
     }
 
-    /// Finishes a DNS job with upstream `answers`; private ones are dropped.
-    pub fn dns_answer(&mut self, job: &DnsJob, answers: Option<(u8, Vec<(IpAddr, u32)>)>) -> Option<Vec<u8>> {
+    /// Finishes a DNS job with upstream `answers`; private and guarded ones
+    /// are dropped (DNS rebinding). Returns the reply frame for the guest.
+    pub fn dns_answer(&mut self, job: &DnsJob, answers: Option<(u8, Vec<(IpAddr, u32)>)>) -> Vec<u8> {
+        self.dns_in_flight = self.dns_in_flight.saturating_sub(1);
+        let upstream_ok = answers.is_some();
         let (rcode, mut recs) = answers.unwrap_or((2, vec![]));
         let before = recs.len();
         recs.retain(|(ip, _)| {
@@ -291,24 +396,18 @@ impl Gate {
         for (ip, ttl) in &recs {
             self.learn(&job.query.name, *ip, *ttl);
         }
-        self.closed.push(FlowRecord {
-            time: now_secs(SystemTime::now()),
-            proto: "dns",
-            dst: job.ip.dst,
-            port: 53,
-            dns_name: Some(job.query.name.clone()),
-            verdict: Verdict::Allow,
-            rule: match before - recs.len() {
-                0 => format!("resolved upstream: {} address(es)", recs.len()),
-                n => {
-                    format!("resolved upstream: {} address(es), {n} private answer(s) dropped (rebinding)", recs.len())
-                }
-            },
-            bytes_out: 0,
-            bytes_in: 0,
-        });
-        let r = super::dns::reply(&job.query, rcode, &recs);
-        packet::udp_reply(&job.frame, &job.ip, &r)
+        if upstream_ok {
+            self.cache.put(&job.query.name, job.query.qtype, rcode, &recs, Instant::now());
+        }
+        let rule = match (upstream_ok, before - recs.len()) {
+            (false, _) => "upstream did not answer: SERVFAIL".to_string(),
+            (true, 0) => format!("resolved upstream: {} address(es)", recs.len()),
+            (true, n) => {
+                format!("resolved upstream: {} address(es), {n} private answer(s) dropped (rebinding)", recs.len())
+            }
+        };
+        self.dns_record(job.peer.our_addr, &job.query.name, Verdict::Allow, rule);
+        job.peer.reply(&super::dns::reply(&job.query, rcode, &recs))
     }
 
     /// Judges a frame from passt (the world) on its way to the guest.
@@ -351,7 +450,8 @@ impl Gate {
         true
     }
 
-    /// Drops idle flows, recording them.
+    /// Drops idle flows, recording them; writes the repeat counts of
+    /// refusals whose second is over; forgets expired names and answers.
     pub fn expire(&mut self, now: Instant) {
         let dead: Vec<FlowKey> = self
             .flows
@@ -364,23 +464,27 @@ impl Gate {
                 self.record(&k, &f);
             }
         }
-        let n = Instant::now();
-        self.names.retain(|_, v| {
-            v.retain(|(_, e)| *e > n);
-            !v.is_empty()
-        });
+        self.limiter.sweep(now, &mut self.closed);
+        self.names.expire(now);
+        self.cache.expire(now);
     }
 
-    /// Records every open flow (at the end of a run).
+    /// Records every open flow and pending repeat count (at the end of a run).
     pub fn close_all(&mut self) {
         let all: Vec<(FlowKey, Flow)> = self.flows.drain().collect();
         for (k, f) in all {
             self.record(&k, &f);
         }
+        self.limiter.drain(&mut self.closed);
+        self.counters.records_unlogged = self.limiter.unlogged;
     }
 
     pub fn open_flows(&self) -> usize {
         self.flows.len()
+    }
+
+    pub fn dns_in_flight(&self) -> usize {
+        self.dns_in_flight
     }
 }
 
@@ -396,6 +500,8 @@ mod tests {
             env: Env { gateways: vec!["10.0.2.2".parse().unwrap()], host_addrs: vec!["192.0.2.2".parse().unwrap()] },
             dns_addrs: vec!["10.0.2.3".parse().unwrap()],
             gateway_v4: "10.0.2.2".parse().unwrap(),
+            mtu: 1500,
+            dns_upstream: None,
         })
     }
 
@@ -449,5 +555,101 @@ mod tests {
             let _ = g.outbound(&tcp("10.0.2.15", &dst, port, 443, TCP_SYN));
         }
         assert!(g.open_flows() <= MAX_FLOWS);
+    }
+
+    /// A UDP datagram from the guest (10.0.2.15 or fd00:c0de::15).
+    fn udp(dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let dst: IpAddr = dst.parse().unwrap();
+        let src: IpAddr = if dst.is_ipv4() { "10.0.2.15".parse().unwrap() } else { "fd00:c0de::15".parse().unwrap() };
+        UdpPeer { mac: [4; 6], our_mac: [2; 6], addr: dst, port: dport, our_addr: src, our_port: 40000 }.reply(payload)
+    }
+
+    #[test]
+    fn test_frames_above_the_mtu_are_refused_and_trailers_cut() {
+        let mut g = gate(&[], true);
+        let mut big = tcp("10.0.2.15", "203.0.113.5", 5000, 443, TCP_SYN);
+        big.resize(1500 + 14 + 1, 0);
+        assert_eq!(g.outbound(&big), Outbound::Drop);
+        assert_eq!(g.counters.frames_dropped, 1);
+        big.truncate(1514);
+        assert_eq!(g.outbound(&big), Outbound::ForwardFirst(54), "at the MTU: forwarded, without the trailer");
+        assert_eq!(g.outbound(&tcp("10.0.2.15", "203.0.113.5", 5001, 443, TCP_SYN)), Outbound::Forward);
+    }
+
+    #[test]
+    fn test_multicast_and_broadcast_refused_silently_under_full() {
+        let mut g = gate(&[], true);
+        for dst in ["224.0.0.1", "239.255.255.250", "255.255.255.255", "ff02::1"] {
+            assert_eq!(g.outbound(&udp(dst, 9999, b"x")), Outbound::Drop, "{dst}: no ICMP error for many receivers");
+        }
+        assert!(matches!(g.outbound(&udp("169.254.170.2", 80, b"x")), Outbound::Reply(_)), "link-local: refused");
+        assert!(matches!(g.outbound(&udp("fe80::1", 80, b"x")), Outbound::Reply(_)));
+        assert_eq!(g.counters.flows_denied, 6);
+        assert_eq!(g.outbound(&udp("203.0.113.5", 9999, b"x")), Outbound::Forward, "an ordinary address is open");
+        let mut named = gate(&["udp/224.0.0.1:9999", "169.254.170.2"], true);
+        assert_eq!(named.outbound(&udp("224.0.0.1", 9999, b"x")), Outbound::Forward, "opened by a rule naming it");
+        assert_eq!(named.outbound(&udp("169.254.170.2", 80, b"x")), Outbound::Forward);
+    }
+
+    #[test]
+    fn test_dns_flood_bounded_in_flight_and_cached() {
+        use crate::netfilter::dns;
+        let mut g = gate(&["*.allowed.test"], false);
+        let q = |name: &str| udp("10.0.2.3", 53, &dns::build_query(7, name, dns::TYPE_A));
+        let mut jobs = Vec::new();
+        let mut dropped = 0;
+        for i in 0..1000 {
+            match g.outbound(&q(&format!("n{i}.allowed.test"))) {
+                Outbound::Resolve(j) => jobs.push(j),
+                Outbound::Drop => dropped += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(jobs.len(), MAX_DNS_IN_FLIGHT);
+        assert_eq!((dropped, g.counters.dns_dropped), (1000 - MAX_DNS_IN_FLIGHT, (1000 - MAX_DNS_IN_FLIGHT) as u64));
+        // Denied names are answered at once whatever is in flight.
+        assert!(matches!(g.outbound(&q("exfil.example.org")), Outbound::Reply(_)));
+        // An answer frees a slot, and is cached: the same question is answered here.
+        let job = jobs.remove(0);
+        let reply = g.dns_answer(&job, Some((0, vec![("203.0.113.9".parse().unwrap(), 300)])));
+        assert!(!reply.is_empty());
+        assert_eq!(g.dns_in_flight(), MAX_DNS_IN_FLIGHT - 1);
+        assert!(matches!(g.outbound(&q("n0.allowed.test")), Outbound::Reply(_)), "cached");
+        assert_eq!(g.counters.dns_cached, 1);
+        assert!(matches!(g.outbound(&q("fresh.allowed.test")), Outbound::Resolve(_)), "a freed slot is used");
+        assert!(matches!(g.outbound(&q("fresh2.allowed.test")), Outbound::Drop));
+        // The learned address opens the name's flows.
+        assert_eq!(g.outbound(&tcp("10.0.2.15", "203.0.113.9", 5000, 443, TCP_SYN)), Outbound::Forward);
+        // Upstream failures are answered SERVFAIL and not cached.
+        let job = jobs.remove(0);
+        let r = g.dns_answer(&job, None);
+        let Some(Packet::Ip(ip)) = packet::parse(&r) else { panic!() };
+        let L4::Udp { payload, .. } = ip.l4 else { panic!() };
+        assert_eq!(r[payload][3] & 0x0f, 2);
+        assert!(matches!(g.outbound(&q("n1.allowed.test")), Outbound::Resolve(_)));
+    }
+
+    #[test]
+    fn test_denied_flood_logged_once_per_key_per_second() {
+        let mut g = gate(&["203.0.113.0/24:443"], false);
+        for i in 0..1000u16 {
+            let _ = g.outbound(&tcp("10.0.2.15", "203.0.113.5", 10_000 + i, 80, TCP_SYN));
+        }
+        assert_eq!(g.counters.flows_denied, 1000);
+        assert_eq!(g.closed.len(), 1, "one line, not one per packet: {:?}", g.closed.len());
+        g.expire(Instant::now() + Duration::from_millis(1100));
+        assert_eq!(g.closed.len(), 2);
+        assert_eq!(g.closed[1].repeats, Some(999));
+        assert_eq!((g.closed[1].port, g.closed[1].verdict), (80, Verdict::Deny));
+    }
+
+    #[test]
+    fn test_host_addresses_can_change_mid_run() {
+        let mut g = gate(&[], true);
+        let syn = tcp("10.0.2.15", "198.51.100.7", 5000, 22, TCP_SYN);
+        assert_eq!(g.outbound(&syn), Outbound::Forward);
+        g.set_host_addrs(vec!["198.51.100.7".parse().unwrap()]);
+        let syn = tcp("10.0.2.15", "198.51.100.7", 5001, 22, TCP_SYN);
+        assert!(matches!(g.outbound(&syn), Outbound::Reply(_)), "a new host address is guarded at once");
     }
 }

@@ -52,6 +52,11 @@ pub struct Ip {
     /// Offset of the IP header in the frame and of the L4 header.
     pub ip_off: usize,
     pub l4_off: usize,
+    /// Where the IP packet ends: bytes after it (padding, or anything a
+    /// hostile guest appends) are never forwarded.
+    pub end: usize,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +115,7 @@ fn parse_v4(f: &[u8], off: usize) -> Option<Ip> {
     let l4_off = off + ihl;
     let end = off + total;
     let l4 = if opaque { L4::Other(h[9]) } else { parse_l4(f, h[9], l4_off, end, PROTO_ICMP)? };
-    Some(Ip { src, dst, opaque, l4, ip_off: off, l4_off })
+    Some(Ip { src, dst, opaque, l4, ip_off: off, l4_off, end, hop_limit: h[8] })
 }
 
 fn parse_v6(f: &[u8], off: usize) -> Option<Ip> {
@@ -129,7 +134,7 @@ fn parse_v6(f: &[u8], off: usize) -> Option<Ip> {
     let l4_off = off + 40;
     let opaque = !matches!(nh, PROTO_TCP | PROTO_UDP | PROTO_ICMPV6);
     let l4 = if opaque { L4::Other(nh) } else { parse_l4(f, nh, l4_off, end, PROTO_ICMPV6)? };
-    Some(Ip { src, dst, opaque, l4, ip_off: off, l4_off })
+    Some(Ip { src, dst, opaque, l4, ip_off: off, l4_off, end, hop_limit: h[7] })
 }
 
 fn parse_l4(f: &[u8], proto: u8, o: usize, end: usize, icmp: u8) -> Option<L4> {
@@ -299,14 +304,52 @@ pub fn icmp_prohibited(frame: &[u8], ip: &Ip) -> Vec<u8> {
 
 /// A UDP reply to the datagram `ip` in `frame`, carrying `payload`.
 pub fn udp_reply(frame: &[u8], ip: &Ip, payload: &[u8]) -> Option<Vec<u8>> {
-    let L4::Udp { sport, dport, .. } = ip.l4 else { return None };
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&dport.to_be_bytes());
-    u[2..4].copy_from_slice(&sport.to_be_bytes());
-    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u.extend_from_slice(payload);
-    let (d, s) = macs(frame);
-    Some(build(s, d, ip.dst, ip.src, PROTO_UDP, u, 6))
+    Some(UdpPeer::of(frame, ip)?.reply(payload))
+}
+
+/// Who sent a UDP datagram and to whom: all a reply needs, so that a
+/// pending answer keeps these few bytes rather than the guest's frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpPeer {
+    pub mac: [u8; 6],
+    pub our_mac: [u8; 6],
+    pub addr: IpAddr,
+    pub port: u16,
+    pub our_addr: IpAddr,
+    pub our_port: u16,
+}
+
+impl UdpPeer {
+    /// The sender of the datagram `ip` in `frame`.
+    pub fn of(frame: &[u8], ip: &Ip) -> Option<UdpPeer> {
+        let L4::Udp { sport, dport, .. } = ip.l4 else { return None };
+        let (d, s) = macs(frame);
+        Some(UdpPeer { mac: s, our_mac: d, addr: ip.src, port: sport, our_addr: ip.dst, our_port: dport })
+    }
+
+    /// A datagram back to the sender carrying `payload`.
+    pub fn reply(&self, payload: &[u8]) -> Vec<u8> {
+        let mut u = vec![0u8; 8];
+        u[0..2].copy_from_slice(&self.our_port.to_be_bytes());
+        u[2..4].copy_from_slice(&self.port.to_be_bytes());
+        u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        u.extend_from_slice(payload);
+        build(self.mac, self.our_mac, self.our_addr, self.addr, PROTO_UDP, u, 6)
+    }
+}
+
+/// Whether the L4 checksum of the packet `ip` in `frame` is right (TCP,
+/// UDP, ICMPv6 with the pseudo-header; ICMPv4 without).
+pub fn l4_checksum_ok(frame: &[u8], ip: &Ip) -> bool {
+    let Some(seg) = frame.get(ip.l4_off..ip.end) else { return false };
+    let proto = match ip.l4 {
+        L4::Tcp { .. } => PROTO_TCP,
+        L4::Udp { .. } => PROTO_UDP,
+        L4::Icmp { .. } if ip.src.is_ipv6() => PROTO_ICMPV6,
+        L4::Icmp { .. } => return fold(sum16(seg, 0)) == 0,
+        L4::Other(_) => return false,
+    };
+    fold(sum16(seg, pseudo(ip.src, ip.dst, proto, seg.len()))) == 0
 }
 
 #[cfg(test)]

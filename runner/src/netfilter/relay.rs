@@ -1,8 +1,11 @@
 //! Moves frames between the sandbox's end (QEMU's `-netdev stream`, or a tap
 //! device relayed the same way) and passt, through the Gate. Both sides
-//! speak 4-byte big-endian length + Ethernet frame. Writes the audit log.
+//! speak 4-byte big-endian length + Ethernet frame. Writes the audit log,
+//! and keeps the gate's view of the host's own addresses current.
 
 use std::io::Write;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +16,24 @@ use tokio::sync::mpsc;
 use super::dns;
 use super::gate::{Gate, Outbound};
 
-/// Larger than any frame passt or QEMU sends (MTU 65520 + Ethernet header).
+/// Larger than any frame passt or QEMU sends (MTU 65520 + Ethernet header):
+/// a length above this means the stream is out of sync, not a big frame.
 pub const MAX_FRAME: usize = 65_600;
+
+/// The most bytes of whole frames put into one write. Each write holds
+/// only whole length-prefixed frames, never part of one, and stays below
+/// the size an AF_UNIX stream socket takes as a single skb (about 32 KiB
+/// plus a page on Linux 4.x-6.x, when the send buffer allows it): the
+/// kernel then accepts all of it or nothing (EAGAIN), so the reader never
+/// sees a frame split across writes. passt before 2024 lost sync when a
+/// read ended inside a frame. A lone frame above this (passt may send the
+/// guest up to 64 KiB) is still written whole, in as many writes as the
+/// kernel wants.
+pub const WRITE_BATCH: usize = 16 * 1024;
+
+/// How often the host's addresses are re-read when rtnetlink cannot tell us
+/// of changes.
+pub const HOST_ADDR_POLL: Duration = Duration::from_secs(2);
 
 type Reader = tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>;
 
@@ -34,27 +53,133 @@ async fn read_frame(r: &mut Reader, buf: &mut Vec<u8>) -> std::io::Result<bool> 
     Ok(true)
 }
 
-/// Writes queued frames, batching whatever is queued into one write.
-fn writer(w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+/// Appends `f` as one length-prefixed frame.
+fn put_frame(batch: &mut Vec<u8>, f: &[u8]) {
+    batch.extend_from_slice(&(f.len() as u32).to_be_bytes());
+    batch.extend_from_slice(f);
+}
+
+/// Writes queued frames: whatever is queued, as whole frames, at most
+/// WRITE_BATCH bytes per write (one write per frame when they come one by one).
+fn writer(mut w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(512);
     let task = tokio::spawn(async move {
-        let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, w);
-        while let Some(mut f) = rx.recv().await {
-            loop {
-                if w.write_all(&(f.len() as u32).to_be_bytes()).await.is_err() || w.write_all(&f).await.is_err() {
-                    return;
-                }
+        let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH + MAX_FRAME + 4);
+        let mut next: Option<Vec<u8>> = None;
+        loop {
+            let first = match next.take() {
+                Some(f) => f,
+                None => match rx.recv().await {
+                    Some(f) => f,
+                    None => return,
+                },
+            };
+            batch.clear();
+            put_frame(&mut batch, &first);
+            while batch.len() < WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(next) => f = next,
+                    Ok(f) if batch.len() + 4 + f.len() <= WRITE_BATCH => put_frame(&mut batch, &f),
+                    Ok(f) => {
+                        next = Some(f);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
-            if w.flush().await.is_err() {
+            // A short write can only happen for a lone frame above
+            // WRITE_BATCH or a tiny send buffer; the rest follows at once.
+            if w.write_all(&batch).await.is_err() {
                 return;
             }
         }
     });
     (tx, task)
+}
+
+/// A netlink socket told of every IPv4 and IPv6 address change on the host.
+fn addr_change_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let fd = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+    // SAFETY: sa is a valid sockaddr_nl of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Keeps the gate's list of the host's own addresses current for the whole
+/// run (an address added mid-run, by DHCP, a VPN or a container, must be as
+/// guarded as one present at the start). Woken by rtnetlink address
+/// notifications rather than polling: a poll leaves its whole period in
+/// which a new address is open, the notification arrives as the address is
+/// added. The addresses are read again after subscribing, so nothing falls
+/// between the first read and the subscription; on a notification overrun
+/// (ENOBUFS) they are read again too. Without rtnetlink, polls every
+/// HOST_ADDR_POLL.
+async fn watch_host_addrs(gate: Arc<Mutex<Gate>>, read: fn() -> Vec<IpAddr>) {
+    let refresh = |gate: &Mutex<Gate>| {
+        let addrs = read();
+        gate.lock().expect("gate lock").set_host_addrs(addrs);
+    };
+    let sock = addr_change_socket().and_then(|fd| {
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+        // socket for as long as the AsyncFd lives.
+        unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+    });
+    let sock = match sock {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "no rtnetlink address notifications; polling the host's addresses");
+            loop {
+                tokio::time::sleep(HOST_ADDR_POLL).await;
+                refresh(&gate);
+            }
+        }
+    };
+    refresh(&gate);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(mut ready) = sock.readable().await else { return };
+        // Drain every queued notification, then read the addresses once.
+        loop {
+            // SAFETY: buf is valid for buf.len() bytes.
+            let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                continue;
+            }
+            match std::io::Error::last_os_error() {
+                e if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                e if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == std::io::ErrorKind::Interrupted => {}
+                e => {
+                    tracing::warn!(error = %e, "rtnetlink socket failed; polling the host's addresses");
+                    loop {
+                        refresh(&gate);
+                        tokio::time::sleep(HOST_ADDR_POLL).await;
+                    }
+                }
+            }
+        }
+        ready.clear_ready();
+        refresh(&gate);
+    }
 }
 
 pub struct Relay {
@@ -80,10 +205,22 @@ fn flush_log(gate: &Mutex<Gate>, log: &Option<Arc<Mutex<std::fs::File>>>) {
 impl Relay {
     /// Starts relaying between `guest` and `passt` through `gate`.
     pub fn start(gate: Gate, guest: UnixStream, passt: UnixStream, log: Option<PathBuf>) -> std::io::Result<Relay> {
+        Self::start_with(gate, guest, passt, log, super::host_addresses)
+    }
+
+    /// As `start`, reading the host's addresses with `host_addrs` (tests).
+    pub fn start_with(
+        gate: Gate,
+        guest: UnixStream,
+        passt: UnixStream,
+        log: Option<PathBuf>,
+        host_addrs: fn() -> Vec<IpAddr>,
+    ) -> std::io::Result<Relay> {
         let log = match log {
             Some(p) => Some(Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?))),
             None => None,
         };
+        let upstream = gate.cfg.dns_upstream;
         let gate = Arc::new(Mutex::new(gate));
         let (g_r, g_w) = guest.into_split();
         let (p_r, p_w) = passt.into_split();
@@ -91,7 +228,6 @@ impl Relay {
         let mut p_r = tokio::io::BufReader::with_capacity(256 * 1024, p_r);
         let (to_guest, wg) = writer(g_w);
         let (to_passt, wp) = writer(p_w);
-        let upstream = dns::upstream();
         // Debugging aid: one stderr line per frame.
         let trace = std::env::var_os("CORDON_GATE_TRACE").is_some();
 
@@ -109,20 +245,17 @@ impl Relay {
                 }
                 let action = g2.lock().expect("gate lock").outbound(&buf);
                 if trace {
-                    eprintln!("gate out {:?} -> {:?}", super::packet::parse(&buf), matches!(action, Outbound::Forward));
+                    eprintln!("gate out {:?} -> {:?}", super::packet::parse(&buf), action);
                 }
-                match action {
-                    Outbound::Forward => {
-                        let frame = std::mem::replace(&mut buf, Vec::with_capacity(2048));
-                        if tp.send(frame).await.is_err() {
-                            break;
-                        }
-                    }
-                    Outbound::Drop => {}
+                let keep = match action {
+                    Outbound::Forward => Some(buf.len()),
+                    Outbound::ForwardFirst(n) => Some(n),
+                    Outbound::Drop => None,
                     Outbound::Reply(frames) => {
                         for f in frames {
                             let _ = tg.send(f).await;
                         }
+                        None
                     }
                     Outbound::Resolve(job) => {
                         let (g3, tg3) = (g2.clone(), tg.clone());
@@ -132,10 +265,16 @@ impl Relay {
                                 None => None,
                             };
                             let reply = g3.lock().expect("gate lock").dns_answer(&job, answers);
-                            if let Some(r) = reply {
-                                let _ = tg3.send(r).await;
-                            }
+                            let _ = tg3.send(reply).await;
                         });
+                        None
+                    }
+                };
+                if let Some(n) = keep {
+                    let mut frame = std::mem::replace(&mut buf, Vec::with_capacity(2048));
+                    frame.truncate(n);
+                    if tp.send(frame).await.is_err() {
+                        break;
                     }
                 }
             }
@@ -164,8 +303,14 @@ impl Relay {
                 flush_log(&g2, &l2);
             }
         });
+        let watcher = tokio::spawn(watch_host_addrs(gate.clone(), host_addrs));
         drop(to_passt);
-        Ok(Relay { gate, log, tasks: vec![outbound, inbound, sweeper, wg, wp], started: Instant::now() })
+        Ok(Relay { gate, log, tasks: vec![outbound, inbound, sweeper, watcher, wg, wp], started: Instant::now() })
+    }
+
+    /// The gate's counters so far.
+    pub fn counters(&self) -> super::gate::Counters {
+        self.gate.lock().expect("gate lock").counters
     }
 }
 
@@ -174,19 +319,16 @@ impl Drop for Relay {
         for t in &self.tasks {
             t.abort();
         }
-        let (allowed, denied) = {
+        let counters = {
             let mut g = self.gate.lock().expect("gate lock");
             g.close_all();
-            (g.allowed, g.denied)
+            g.counters
         };
         flush_log(&self.gate, &self.log);
         if let Some(log) = &self.log {
-            let summary = serde_json::json!({
-                "summary": true,
-                "flows_allowed": allowed,
-                "flows_denied": denied,
-                "seconds": self.started.elapsed().as_secs_f64(),
-            });
+            let mut summary = serde_json::to_value(counters).unwrap_or_default();
+            summary["summary"] = true.into();
+            summary["seconds"] = self.started.elapsed().as_secs_f64().into();
             let _ = writeln!(log.lock().expect("log lock"), "{summary}");
         }
     }

@@ -53,6 +53,7 @@ fn start_gate(
         .args(["-a", &GUEST_V4.to_string(), "-n", "24", "-g", &GATEWAY_V4.to_string()])
         .args(["-a", &GUEST_V6.to_string(), "-g", &GATEWAY_V6.to_string()])
         .args(["-D", &DNS_V4.to_string(), "--no-dhcp-search"])
+        .args(["-m", &crate::netfilter::GUEST_MTU.to_string()])
         .stdin(Stdio::null());
     log_to(&mut cmd, dir, "passt.log")?;
     if !policy.allows_icmp() {
@@ -68,7 +69,17 @@ fn start_gate(
         gateways: vec![GATEWAY_V4.into(), GATEWAY_V6.into()],
         host_addrs: crate::netfilter::host_addresses(),
     };
-    let g = gate::Gate::new(gate::Config { policy, env, dns_addrs: vec![DNS_V4.into()], gateway_v4: GATEWAY_V4 });
+    for note in policy.host_address_notes(&env) {
+        eprintln!("cordon: {note}");
+    }
+    let g = gate::Gate::new(gate::Config {
+        policy,
+        env,
+        dns_addrs: vec![DNS_V4.into()],
+        gateway_v4: GATEWAY_V4,
+        mtu: crate::netfilter::GUEST_MTU,
+        dns_upstream: crate::netfilter::dns::upstream(),
+    });
     let tok = |s: std::os::unix::net::UnixStream| {
         s.set_nonblocking(true)
             .and_then(|_| tokio::net::UnixStream::from_std(s))
@@ -288,7 +299,10 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let net_param = match net {
         Net::Off => String::new(),
         Net::UserRestricted => format!(" cordon.net={GUEST_V4}/24,{GATEWAY_V4},{DNS_V4}"),
-        Net::Gated { .. } => format!(" cordon.net={GUEST_V4}/24,{GATEWAY_V4},{DNS_V4},{GUEST_V6}/64,{GATEWAY_V6}"),
+        Net::Gated { .. } => format!(
+            " cordon.net={GUEST_V4}/24,{GATEWAY_V4},{DNS_V4},{GUEST_V6}/64,{GATEWAY_V6},mtu={}",
+            crate::netfilter::GUEST_MTU
+        ),
     };
     let cfg = VmConfig {
         machine,
