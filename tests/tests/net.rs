@@ -1,64 +1,17 @@
 //! The egress gate with real QEMU (tcg) and passt: host services, metadata,
-//! CIDR/port rules against test hosts in a network namespace this test
-//! creates (veth, TEST-NET-2 (TEST-NET-3 is where this sandbox puts the package registries) and 2001:db8::/32 addresses), domain rules
-//! against the test's own DNS server, and the audit log.
+//! CIDR/port rules against test hosts in network namespaces this test
+//! creates (veth, TEST-NET-2 (TEST-NET-3 is where this sandbox puts the
+//! package registries) and 2001:db8:7::/64), guarded addresses (multicast,
+//! link-local, the host's own, also when they appear mid-run), domain rules
+//! against the test's own DNS server, the DNS flood bound, and the audit log.
 
 mod common;
+mod netlab;
 
-use common::*;
+use netlab::*;
 use std::net::{IpAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-fn cordon() -> Command {
-    let mut c = Command::new(cordon_bin());
-    c.env("CORDON_AGENT", static_agent_bin()).stdin(Stdio::null());
-    c
-}
-
-fn run_vm(args: &[&str], script: &str) -> (i32, String, String) {
-    let mut full = vec!["run", "--accel", "tcg"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--", "sh", "-c", script]);
-    let out = cordon().args(full).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A TCP server that answers every connection with `reply` and closes.
-fn serve(addr: &str, reply: &'static str) -> u16 {
-    let l = std::net::TcpListener::bind(addr).unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let mut c = c;
-            use std::io::Write;
-            let _ = c.write_all(reply.as_bytes());
-        }
-    });
-    port
-}
-
-/// Guest shell snippet: try ADDR PORT, print "NAME:ok:<data>" or "NAME:refused"/"NAME:fail".
-fn probe(name: &str, addr: &str, port: u16) -> String {
-    format!(
-        "out=$(sleep 1 | nc -w 3 {addr} {port} 2>/tmp/err.{name}); \
-         if [ -n \"$out\" ]; then echo {name}:ok:$out; \
-         elif grep -q refused /tmp/err.{name}; then echo {name}:refused; else echo {name}:fail; fi; "
-    )
-}
-
-fn host_v4() -> String {
-    cordon::netfilter::host_addresses()
-        .into_iter()
-        .find(|a| matches!(a, IpAddr::V4(v) if !v.is_loopback()))
-        .expect("the host has a non-loopback IPv4 address")
-        .to_string()
-}
 
 #[test]
 fn test_net_host_port_rule_and_guarded_addresses() {
@@ -107,66 +60,6 @@ fn test_net_full_still_blocks_metadata_and_gateway() {
         assert!(out.contains(&format!("{n}:refused")), "{n} reachable with --net full: {out}");
     }
 }
-
-/// A network namespace with a veth to the host: 198.51.100.2 and
-/// 2001:db8:7::2 inside, servers on 8081 and 8082. Removed on drop.
-struct TestHost {
-    ns: String,
-    veth: String,
-    servers: Vec<std::process::Child>,
-}
-
-impl TestHost {
-    fn new() -> TestHost {
-        let id = std::process::id() % 100_000;
-        let ns = format!("cordon-t{id}");
-        let veth = format!("cdt{id}");
-        let sh = |c: &str| {
-            let st = Command::new("sh").args(["-c", c]).status().unwrap();
-            assert!(st.success(), "setup failed: {c}");
-        };
-        let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
-        sh(&format!("ip netns add {ns}"));
-        sh(&format!("ip link add {veth} type veth peer name {veth}p"));
-        sh(&format!("ip link set {veth}p netns {ns}"));
-        sh(&format!("ip addr add 198.51.100.1/24 dev {veth} && ip -6 addr add 2001:db8:7::1/64 dev {veth} nodad && ip link set {veth} up"));
-        sh(&format!(
-            "ip netns exec {ns} sh -c 'ip addr add 198.51.100.2/24 dev {veth}p && ip -6 addr add 2001:db8:7::2/64 dev {veth}p nodad \
-             && ip link set {veth}p up && ip link set lo up'"
-        ));
-        let mut servers = Vec::new();
-        for port in [8081, 8082] {
-            let code = format!(
-                "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
-                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::', {port}))\ns.listen(16)\n\
-                 while True:\n    c,_=s.accept()\n    c.sendall(b'port{port}')\n    c.close()\n"
-            );
-            servers.push(Command::new("ip").args(["netns", "exec", &ns, "python3", "-c", &code]).spawn().unwrap());
-        }
-        // Wait until both answer from the host side.
-        for port in [8081, 8082] {
-            let ok = (0..100).any(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                std::net::TcpStream::connect(("198.51.100.2", port)).is_ok()
-            });
-            assert!(ok, "test host server {port} did not come up");
-        }
-        TestHost { ns, veth, servers }
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        let _ = Command::new("ip").args(["link", "del", &self.veth]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-static NETNS: Mutex<()> = Mutex::new(());
 
 #[test]
 fn test_net_cidr_port_rules_v4_v6_and_embedded_v4() {
@@ -284,4 +177,246 @@ fn test_net_bad_rules_are_rejected_by_name() {
     let out =
         cordon().args(["run", "--accel", "tcg", "--net", "none", "--allow", "host:80", "--", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(120));
+}
+
+/// File names of the TFTP read requests queued on `sock` (one datagram
+/// each, retransmissions included).
+fn tftp_names(sock: &UdpSocket) -> Vec<String> {
+    sock.set_nonblocking(true).unwrap();
+    let mut names = Vec::new();
+    let mut buf = [0u8; 1500];
+    while let Ok(n) = sock.recv(&mut buf) {
+        let name = buf[2..n].split(|b| *b == 0).next().unwrap_or_default();
+        names.push(String::from_utf8_lossy(name).into_owned());
+    }
+    names
+}
+
+#[test]
+fn test_net_full_guards_multicast_unless_named_and_dhcp_still_works() {
+    // cordon runs in a namespace of its own: a multicast datagram that got
+    // past the gate would reach this socket (bound to every address, as a
+    // host service would be) and no real network.
+    let ns = Netns::new("mc");
+    let sink = ns.udp_socket("0.0.0.0:0");
+    let port = sink.local_addr().unwrap().port();
+    // The guarded datagram first, then a marker through an allowed host port:
+    // once the marker is here, the multicast one would be too.
+    let script = format!(
+        "timeout 2 tftp -g -l /tmp/a -r MULTI 224.0.0.1 {port} 2>/dev/null; \
+         timeout 2 tftp -g -l /tmp/b -r MARK 10.0.2.2 {port} 2>/dev/null; \
+         udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/true >/dev/null 2>&1 && echo DHCP:ok; echo done"
+    );
+    let host_rule = format!("udp/host:{port}");
+    let (code, out, err) = ns.run_vm(&["--net", "full", "--allow", &host_rule], &script);
+    assert_eq!(code, 0, "{err}");
+    let names = tftp_names(&sink);
+    assert!(names.iter().any(|n| n == "MARK"), "the marker did not arrive: {names:?} {out}");
+    assert!(!names.iter().any(|n| n == "MULTI"), "multicast from the guest reached a host socket: {names:?}");
+    assert!(out.contains("DHCP:ok"), "the guest's DHCP with passt must keep working: {out}");
+
+    // Positive control: the same probe arrives when a rule names the group.
+    let group_rule = format!("udp/224.0.0.1:{port}");
+    let (code, _out, err) = ns.run_vm(&["--net", "full", "--allow", &host_rule, "--allow", &group_rule], &script);
+    assert_eq!(code, 0, "{err}");
+    let names = tftp_names(&sink);
+    assert!(names.iter().any(|n| n == "MULTI"), "an explicitly allowed group must be reachable: {names:?}");
+}
+
+#[test]
+fn test_net_full_guards_link_local_unless_named() {
+    let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
+    let _host = TestHost::new();
+    let script = [probe("LL", "169.254.77.2", 8081), probe("V4", "198.51.100.2", 8081)].concat();
+    let (code, out, err) = run_vm(&["--net", "full"], &script);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("LL:refused"), "link-local reachable with --net full: {out}");
+    assert!(out.contains("V4:ok:port8081"), "an ordinary test host must stay reachable: {out}");
+    let (code, out, err) = run_vm(&["--net", "full", "--allow", "0.0.0.0/0", "--allow", "169.0.0.0/8"], &script);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("LL:refused"), "a wide CIDR must not open link-local: {out}");
+    // Positive control: a rule naming the address opens it.
+    let (code, out, err) = run_vm(&["--net", "full", "--allow", "169.254.77.2:8081"], &script);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("LL:ok:port8081"), "{out}");
+}
+
+#[test]
+fn test_net_host_address_in_allow_cidr_stays_blocked_and_cordon_says_so() {
+    let ns = Netns::new("ha");
+    let port = serve_on(ns.tcp_listener("0.0.0.0:0"), "from-host");
+    let script = probe("HOST", "198.51.100.9", port);
+    let (code, out, err) = ns.run_vm(&["--allow", "198.51.100.0/24"], &script);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("HOST:refused"), "a CIDR holding the host's address opened it: {out}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("cordon: ") && l.contains("\"198.51.100.0/24\"") && l.contains("198.51.100.9")),
+        "cordon run must say that the host's address stays blocked: {err}"
+    );
+    // Positive control: the exact address opens it, without the warning.
+    let (code, out, err) = ns.run_vm(&["--allow", "198.51.100.9"], &script);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("HOST:ok:from-host"), "{out}");
+    assert!(!err.contains("stays blocked"), "{err}");
+}
+
+/// A loopback server in `ns` that, on its first connection, adds `addr` to
+/// the namespace's interface (a new host address mid-run) and says "go".
+fn add_address_on_connect(ns: &Netns, addr: &'static str) -> u16 {
+    let l = ns.tcp_listener("127.0.0.1:0");
+    let port = l.local_addr().unwrap().port();
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = l.accept() {
+            let st = std::process::Command::new("ip").args(["-n", &name, "addr", "add", addr, "dev", "v0"]).status();
+            assert!(st.unwrap().success(), "ip addr add {addr}");
+            use std::io::Write;
+            let _ = c.write_all(b"go");
+        }
+    });
+    port
+}
+
+#[test]
+fn test_net_host_address_added_mid_run_is_guarded() {
+    let ns = Netns::new("hr");
+    let port = serve_on(ns.tcp_listener("0.0.0.0:0"), "from-host");
+    // The guest waits for the address to exist, then probes it (a few times:
+    // the gate learns of it from the kernel, not at the same instant).
+    let script = |addr: &str, sync: u16, until: &str| {
+        format!(
+            "g=$(sleep 1 | nc -w 5 10.0.2.2 {sync}); echo SYNC:$g; \
+             for i in 1 2 3 4 5 6 7 8; do r=$({p}); echo \"$r\"; \
+             case \"$r\" in {until}) break;; esac; sleep 1; done",
+            p = probe("NEW", addr, port).trim_end().trim_end_matches(';')
+        )
+    };
+    let sync = add_address_on_connect(&ns, "198.51.100.77/32");
+    let (code, out, err) =
+        ns.run_vm(&["--net", "full", "--allow", &format!("host:{sync}")], &script("198.51.100.77", sync, "*refused"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SYNC:go"), "{out}");
+    assert!(out.contains("NEW:refused"), "an address the host gained mid-run stayed open: {out}");
+    // Positive control: the same probe gets through when a rule names the address.
+    let sync = add_address_on_connect(&ns, "198.51.100.78/32");
+    let (code, out, err) = ns.run_vm(
+        &["--net", "full", "--allow", &format!("host:{sync}"), "--allow", "198.51.100.78"],
+        &script("198.51.100.78", sync, "*:ok:*"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SYNC:go") && out.contains("NEW:ok:from-host"), "{out}");
+    assert!(!out.contains("NEW:refused"), "{out}");
+}
+
+/// Sends length-prefixed frames on `s`.
+fn send_frames(s: &mut std::os::unix::net::UnixStream, frames: &[Vec<u8>]) {
+    use std::io::Write;
+    for f in frames {
+        s.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(f).unwrap();
+    }
+}
+
+/// Reads one length-prefixed frame from `s`.
+fn read_frame(s: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut f).unwrap();
+    f
+}
+
+/// The DNS rcode of a reply frame from the gate.
+fn rcode(frame: &[u8]) -> Option<u8> {
+    use cordon::netfilter::packet::{parse, Packet, L4};
+    let Some(Packet::Ip(ip)) = parse(frame) else { return None };
+    let L4::Udp { sport: 53, payload, .. } = ip.l4 else { return None };
+    frame.get(payload).and_then(|p| p.get(3)).map(|b| b & 0x0f)
+}
+
+/// The gate's relay without QEMU or passt: the test writes the guest's
+/// frames itself. A flood of questions for allowed names must not become a
+/// flood upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_net_dns_flood_is_bounded_upstream() {
+    use cordon::netfilter::{dns, gate, packet::UdpPeer, relay::Relay};
+    // An upstream that counts the names it is asked and never answers.
+    let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let asked = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    let asked2 = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = upstream.recv(&mut buf) {
+            if let Some(q) = dns::parse_query(&buf[..n]) {
+                asked2.lock().unwrap().insert(q.name);
+            }
+        }
+    });
+    let rules = cordon::policy::parse_rules(&["*.flood.test".to_string()], &[]).unwrap();
+    let g = gate::Gate::new(gate::Config {
+        policy: cordon::policy::Policy::new(rules, false),
+        env: cordon::policy::Env { gateways: vec!["10.0.2.2".parse().unwrap()], host_addrs: vec![] },
+        dns_addrs: vec!["10.0.2.3".parse().unwrap()],
+        gateway_v4: "10.0.2.2".parse().unwrap(),
+        mtu: 1500,
+        dns_upstream: Some(up_addr),
+    });
+    let (guest_ours, guest_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (passt_ours, passt_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let tok = |s: std::os::unix::net::UnixStream| {
+        s.set_nonblocking(true).unwrap();
+        tokio::net::UnixStream::from_std(s).unwrap()
+    };
+    let relay = Relay::start_with(g, tok(guest_theirs), tok(passt_theirs), None, Vec::new).unwrap();
+    let query = |name: &str| {
+        UdpPeer {
+            mac: [2; 6],
+            our_mac: [4; 6],
+            addr: "10.0.2.3".parse().unwrap(),
+            port: 53,
+            our_addr: "10.0.2.15".parse().unwrap(),
+            our_port: 40000,
+        }
+        .reply(&dns::build_query(1, name, dns::TYPE_A))
+    };
+    let flood: Vec<Vec<u8>> = (0..500).map(|i| query(&format!("n{i}.flood.test"))).collect();
+    let mut guest = guest_ours;
+    let done = tokio::task::spawn_blocking(move || {
+        send_frames(&mut guest, &flood);
+        // A denied name is answered by the gate itself, in order: once its
+        // NXDOMAIN is back, the whole flood has been judged.
+        send_frames(&mut guest, &[query("denied.example.org")]);
+        guest.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        while rcode(&read_frame(&mut guest)) != Some(3) {}
+        guest
+    });
+    let mut guest = done.await.unwrap();
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while asked.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        asked.lock().unwrap().len()
+    };
+    assert_eq!(wait_for(gate::MAX_DNS_IN_FLIGHT), gate::MAX_DNS_IN_FLIGHT);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(asked.lock().unwrap().len(), gate::MAX_DNS_IN_FLIGHT, "more questions upstream than the bound");
+    let c = relay.counters();
+    assert_eq!(c.dns_dropped, 500 - gate::MAX_DNS_IN_FLIGHT as u64, "{c:?}");
+    // Positive control: once the pending questions time out (SERVFAIL to the
+    // guest), a new one goes upstream again.
+    guest.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut servfail = 0;
+    while servfail < gate::MAX_DNS_IN_FLIGHT {
+        if rcode(&read_frame(&mut guest)) == Some(2) {
+            servfail += 1;
+        }
+    }
+    send_frames(&mut guest, &[query("after.flood.test")]);
+    assert_eq!(wait_for(gate::MAX_DNS_IN_FLIGHT + 1), gate::MAX_DNS_IN_FLIGHT + 1);
+    assert!(asked.lock().unwrap().contains("after.flood.test"));
+    drop((relay, passt_ours));
 }
