@@ -333,3 +333,95 @@ impl Drop for Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netfilter::gate::Config;
+    use crate::netfilter::packet::UdpPeer;
+    use crate::policy::{Env, Policy};
+    use std::io::Write as _;
+
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors socketpair writes.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: both are fresh descriptors owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// Splits one write's bytes into frames; None if a frame is cut.
+    fn whole_frames(mut rec: &[u8]) -> Option<Vec<usize>> {
+        let mut sizes = Vec::new();
+        while !rec.is_empty() {
+            let n = u32::from_be_bytes(rec.get(..4)?.try_into().ok()?) as usize;
+            rec.get(4..4 + n)?;
+            sizes.push(n);
+            rec = &rec[4 + n..];
+        }
+        Some(sizes)
+    }
+
+    /// passt's end is a SOCK_SEQPACKET socket here, so every write the relay
+    /// makes arrives as one record and its boundaries can be checked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_writes_to_passt_hold_whole_frames_only() {
+        let gate = Gate::new(Config {
+            policy: Policy::new(vec![], true),
+            env: Env { gateways: vec!["10.0.2.2".parse().unwrap()], host_addrs: vec![] },
+            dns_addrs: vec!["10.0.2.3".parse().unwrap()],
+            gateway_v4: "10.0.2.2".parse().unwrap(),
+            mtu: crate::netfilter::GUEST_MTU,
+            dns_upstream: None,
+        });
+        let (mut guest, guest_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (passt, passt_theirs) = seqpacket_pair();
+        let tok = |s: std::os::unix::net::UnixStream| {
+            s.set_nonblocking(true).unwrap();
+            UnixStream::from_std(s).unwrap()
+        };
+        let relay = Relay::start_with(gate, tok(guest_theirs), tok(passt_theirs.into()), None, Vec::new).unwrap();
+        const FRAMES: usize = 3000;
+        let sizes: Vec<usize> = (0..FRAMES).map(|i| 20 + (i * 397) % 1450).collect();
+        let sent = sizes.clone();
+        std::thread::spawn(move || {
+            for n in sent {
+                let f = UdpPeer {
+                    mac: [2; 6],
+                    our_mac: [4; 6],
+                    addr: "203.0.113.5".parse().unwrap(),
+                    port: 9,
+                    our_addr: "10.0.2.15".parse().unwrap(),
+                    our_port: 4000,
+                }
+                .reply(&vec![0x5a; n]);
+                guest.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
+                guest.write_all(&f).unwrap();
+            }
+            guest
+        });
+        let got = tokio::task::spawn_blocking(move || {
+            let passt = std::os::unix::net::UnixStream::from(passt);
+            passt.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            while got.len() < FRAMES {
+                // SAFETY: buf is valid for buf.len() bytes.
+                let n = unsafe { libc::recv(passt.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                assert!(n > 0, "recv: {}", std::io::Error::last_os_error());
+                let rec = &buf[..n as usize];
+                let frames = whole_frames(rec).unwrap_or_else(|| panic!("a write of {n} bytes cut a frame"));
+                assert!(rec.len() <= WRITE_BATCH || frames.len() == 1, "{n} bytes in one write");
+                got.extend(frames);
+            }
+            got
+        })
+        .await
+        .unwrap();
+        let want: Vec<usize> = sizes.iter().map(|n| 14 + 20 + 8 + n).collect();
+        assert_eq!(got, want, "every frame arrives, whole and in order");
+        drop(relay);
+    }
+}
