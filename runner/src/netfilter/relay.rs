@@ -340,7 +340,6 @@ mod tests {
     use crate::netfilter::gate::Config;
     use crate::netfilter::packet::UdpPeer;
     use crate::policy::{Env, Policy};
-    use std::io::Write as _;
 
     fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
