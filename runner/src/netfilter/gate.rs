@@ -652,4 +652,51 @@ mod tests {
         let syn = tcp("10.0.2.15", "198.51.100.7", 5001, 22, TCP_SYN);
         assert!(matches!(g.outbound(&syn), Outbound::Reply(_)), "a new host address is guarded at once");
     }
+
+    #[test]
+    fn test_hostile_frames_keep_the_gate_invariants() {
+        use crate::netfilter::dns;
+        let mut g = gate(&["*.allowed.test", "203.0.113.0/24"], false);
+        let mut seeds = vec![
+            tcp("10.0.2.15", "203.0.113.5", 5000, 443, TCP_SYN),
+            udp("10.0.2.3", 53, &dns::build_query(7, "a.allowed.test", dns::TYPE_A)),
+            udp("255.255.255.255", 67, &[1; 300]),
+            udp("ff02::1:2", 547, &[1, 0, 0, 0]),
+            udp("ff02::2", 9, b"x"),
+        ];
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&[4; 6]);
+        arp.extend_from_slice(&[
+            8, 6, 0, 1, 8, 0, 6, 4, 0, 1, 4, 4, 4, 4, 4, 4, 10, 0, 2, 15, 0, 0, 0, 0, 0, 0, 10, 0, 2, 2,
+        ]);
+        seeds.push(arp);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..50_000 {
+            let mut f = seeds[i % seeds.len()].clone();
+            for _ in 0..(i % 5) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let pos = (x as usize) % f.len();
+                f[pos] = (x >> 32) as u8;
+            }
+            if i % 3 == 0 {
+                f.truncate((x as usize >> 8) % (f.len() + 1));
+            } else if i % 7 == 0 {
+                f.resize(f.len() + (x as usize >> 20) % 2000, 0);
+            }
+            match g.outbound(&f) {
+                Outbound::Forward => assert!(f.len() <= 1514),
+                Outbound::ForwardFirst(n) => assert!(n < f.len() && n >= 42),
+                Outbound::Resolve(job) => {
+                    let _ = g.dns_answer(&job, Some((0, vec![("203.0.113.7".parse().unwrap(), 60)])));
+                }
+                Outbound::Reply(r) => assert!(r.iter().all(|r| packet::parse(r).is_some())),
+                Outbound::Drop => {}
+            }
+            let _ = g.inbound(&f);
+        }
+        assert!(g.dns_in_flight() <= MAX_DNS_IN_FLIGHT);
+        g.close_all();
+    }
 }
