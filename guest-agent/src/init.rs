@@ -14,7 +14,6 @@ pub const MODULES_FILE: &str = "/etc/cordon/modules";
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BootParams {
     pub listen: Option<String>,
-    pub token: Option<String>,
     pub modules: Vec<String>,
     pub hostname: Option<String>,
     /// `cordon.net=ADDR4/LEN,GW4,DNS[,ADDR6/LEN,GW6][,mtu=N]`: static guest network.
@@ -32,7 +31,6 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
         };
         match k {
             "cordon.listen" => p.listen = Some(v.to_string()),
-            "cordon.token" => p.token = Some(v.to_string()),
             "cordon.modules" => p.modules = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
             "cordon.hostname" => p.hostname = Some(v.to_string()),
             "cordon.halt" => p.reboot_to_halt = v == "reboot",
@@ -271,14 +269,11 @@ mod tests {
     fn test_parse_cmdline_table() {
         let p = parse_cmdline("console=ttyS0 quiet cordon.listen=vsock:1024 cordon.token=abc cordon.modules=a.ko,b/c.ko, cordon.halt=reboot");
         assert_eq!(p.listen.as_deref(), Some("vsock:1024"));
-        assert_eq!(p.token.as_deref(), Some("abc"));
         assert_eq!(p.modules, vec!["a.ko".to_string(), "b/c.ko".to_string()]);
         assert!(p.reboot_to_halt);
         assert_eq!(parse_cmdline(""), BootParams::default());
-        assert_eq!(
-            parse_cmdline("cordon.listen cordon.token="),
-            BootParams { token: Some(String::new()), ..Default::default() }
-        );
+        // The token never comes from the command line (token.rs).
+        assert_eq!(parse_cmdline("cordon.listen cordon.token=abc"), BootParams::default());
     }
 
     #[test]

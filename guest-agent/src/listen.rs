@@ -1,10 +1,15 @@
 //! Where the agent serves: AF_VSOCK, a named virtio-serial port, a Unix
-//! socket, or an inherited connected fd (namespace mode and tests).
+//! socket, or an inherited connected fd (namespace mode and tests). Whatever
+//! the transport, the agent serves one authenticated session and no other.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::fdio::FdIo;
 use crate::server::{serve, Agent, Outcome};
@@ -59,8 +64,13 @@ impl std::str::FromStr for Listen {
     }
 }
 
-/// Serves until a connection asks for Shutdown (or, for `fd:`, until its one
-/// connection ends). Returns the last outcome.
+/// How many connections may be in their handshake at once; more are closed
+/// at once (the runner's own connection is one of the first).
+const MAX_HANDSHAKES: usize = 16;
+
+/// Serves the one runner (see `server::Slot`) and returns how its session
+/// ended. Connections that fail the handshake do not count; once one is
+/// authenticated the listener is closed, so later ones are refused.
 pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenError> {
     match listen {
         Listen::Fd(n) => {
@@ -76,14 +86,23 @@ pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenErr
             let _ = std::fs::remove_file(&path);
             let l = tokio::net::UnixListener::bind(&path)
                 .map_err(|source| ListenError::Bind { what: path.display().to_string(), source })?;
-            loop {
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
-                };
-                if serve(agent.clone(), s).await == Outcome::Shutdown {
-                    return Ok(Outcome::Shutdown);
+            let (tx, rx) = mpsc::channel(1);
+            let acceptor = tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, _)) => {
+                            if tx.send(s).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unix accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
                 }
-            }
+            });
+            Ok(serve_first(agent, rx, acceptor).await)
         }
         Listen::Vsock(port) => {
             let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
@@ -93,22 +112,24 @@ pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenErr
             // hybrid-vsock CONNECT that arrives before the guest's vrings
             // are live can wedge vhost-device-vsock.
             eprintln!("{LISTENING_MARKER} vsock:{port}");
-            loop {
-                let s = match l.accept().await {
-                    Ok((s, peer)) => {
-                        tracing::debug!(?peer, "accepted");
-                        s
+            let (tx, rx) = mpsc::channel(1);
+            let acceptor = tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, peer)) => {
+                            tracing::debug!(?peer, "accepted");
+                            if tx.send(s).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "vsock accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "vsock accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if serve(agent.clone(), s).await == Outcome::Shutdown {
-                    return Ok(Outcome::Shutdown);
                 }
-            }
+            });
+            Ok(serve_first(agent, rx, acceptor).await)
         }
         Listen::Serial(name) => {
             let dev = find_serial_port(&name).await?;
@@ -120,14 +141,51 @@ pub async fn run(listen: Listen, agent: Arc<Agent>) -> Result<Outcome, ListenErr
                     .map_err(|source| ListenError::Open { path: dev.display().to_string(), source })?;
                 let io = FdIo::new(OwnedFd::from(f))
                     .map_err(|source| ListenError::Open { path: dev.display().to_string(), source })?;
-                if serve(agent.clone(), io).await == Outcome::Shutdown {
-                    return Ok(Outcome::Shutdown);
+                match serve(agent.clone(), io).await {
+                    // The host side went away before authenticating; wait
+                    // for it to come back.
+                    Outcome::Refused => tokio::time::sleep(Duration::from_millis(100)).await,
+                    done => return Ok(done),
                 }
-                // The host side went away; wait for it to come back.
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
+}
+
+/// Runs the handshakes of accepted connections concurrently (a peer that
+/// connects and stays silent cannot keep the runner out) until one claims
+/// the slot, then stops the acceptor, which closes the listener, and
+/// returns how that session ended.
+async fn serve_first<S>(agent: Arc<Agent>, mut conns: mpsc::Receiver<S>, acceptor: JoinHandle<()>) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (done_tx, mut done_rx) = mpsc::channel::<Outcome>(1);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        tokio::select! {
+            _ = agent.slot.claimed() => break,
+            conn = conns.recv() => {
+                let Some(conn) = conn else { break };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!("too many connections in their handshake; closing a new one");
+                    continue;
+                };
+                let (agent, done_tx) = (agent.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let outcome = serve(agent, conn).await;
+                    drop(permit);
+                    if outcome != Outcome::Refused {
+                        let _ = done_tx.send(outcome).await;
+                    }
+                });
+            }
+        }
+    }
+    acceptor.abort();
+    drop((conns, done_tx));
+    // The claiming connection's task holds a sender until its session ends.
+    done_rx.recv().await.unwrap_or(Outcome::Lost)
 }
 
 /// Finds /dev/vportNpM whose sysfs name is `name`, waiting briefly for the

@@ -1,7 +1,8 @@
 //! cordon-agent: runs build and test steps for the cordon runner. As PID 1 in
 //! the microVM it also sets the machine up and powers it off; elsewhere it is
 //! a plain server. Configuration comes from flags, or as PID 1 from the
-//! kernel command line (`cordon.listen=`, `cordon.token=`, `cordon.modules=`).
+//! kernel command line (`cordon.listen=`, `cordon.modules=`); the token never
+//! comes from argv or the command line (see token.rs).
 
 mod exec;
 mod fdio;
@@ -10,6 +11,7 @@ mod listen;
 mod outbox;
 mod reaper;
 mod server;
+mod token;
 mod transfer;
 mod tree;
 
@@ -27,9 +29,6 @@ struct Args {
     /// unix:PATH, or fd:N (an inherited connected socket; serves it once)
     #[arg(long)]
     listen: Option<Listen>,
-    /// The per-sandbox token the runner must present in Hello
-    #[arg(long, env = "CORDON_AGENT_TOKEN", hide_env_values = true)]
-    token: Option<String>,
     /// Directory for spooling incoming archives (default: the system temp dir)
     #[arg(long)]
     spool_dir: Option<PathBuf>,
@@ -56,6 +55,8 @@ fn main() {
         }));
         pid1_main(t0);
     }
+    // Before any thread starts: the environment is process-global.
+    let token = token::from_env();
     let args = Args::parse();
     let Some(listen) = args.listen.clone() else {
         eprintln!("cordon-agent: --listen is required outside the VM");
@@ -65,7 +66,7 @@ fn main() {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let cgroups = args.cgroup_root.as_deref().and_then(tree::CgroupRoot::probe);
-    let code = match serve(listen, args.token.unwrap_or_default(), args.spool_dir, cgroups, None, t0) {
+    let code = match serve(listen, token.unwrap_or_default(), args.spool_dir, cgroups, None, t0) {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("cordon-agent: {e}");
@@ -101,7 +102,7 @@ fn pid1_main(t0: Instant) -> ! {
         }
     };
     let cgroups = tree::CgroupRoot::probe(std::path::Path::new("/sys/fs/cgroup"));
-    let token = params.token.clone().unwrap_or_default();
+    let token = token::from_fw_cfg().unwrap_or_default();
     if let Err(e) = serve(listen, token, Some("/tmp".into()), cgroups, kernel_ms, t0) {
         eprintln!("cordon-agent: {e}");
     }
@@ -134,6 +135,7 @@ fn serve(
         let agent = Arc::new(server::Agent {
             exec: Arc::new(exec::ExecCtx { reaper, cgroups }),
             token,
+            slot: server::Slot::default(),
             ready: cordon_protocol::Ready {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 version_min: cordon_protocol::VERSION_MIN,

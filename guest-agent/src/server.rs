@@ -1,4 +1,5 @@
-//! One control connection: push Ready, check Hello (version and token), then
+//! One control connection: push Ready, check Hello (version and token) and
+//! claim the agent's one session (see [`Slot`]), then
 //! dispatch frames to execs and transfers until Shutdown or the connection is
 //! lost. Bad input from the peer gets an Error reply on its stream; only a
 //! broken framing layer ends the connection. Losing the connection kills
@@ -29,7 +30,10 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     pub exec: Arc<ExecCtx>,
+    /// The per-sandbox token; an empty one authenticates nobody.
     pub token: String,
+    /// Taken by the first connection that authenticates.
+    pub slot: Slot,
     pub ready: Ready,
     pub spool_dir: PathBuf,
 }
@@ -38,8 +42,38 @@ pub struct Agent {
 pub enum Outcome {
     /// The runner asked for Shutdown.
     Shutdown,
-    /// The connection ended without Shutdown.
+    /// The authenticated connection ended without Shutdown.
     Lost,
+    /// The connection never authenticated (bad token or version, no Hello,
+    /// or the session was already taken); the slot is untouched by it.
+    Refused,
+}
+
+/// The agent serves exactly one runner: the first connection whose Hello
+/// carries the token (and a common version) claims the slot for good;
+/// connections that fail the handshake leave it free, and every later one
+/// is refused, so a leaked token is worth nothing once the runner is in.
+pub struct Slot {
+    taken: watch::Sender<bool>,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot { taken: watch::channel(false).0 }
+    }
+}
+
+impl Slot {
+    /// Takes the slot; false when it was already taken.
+    pub fn claim(&self) -> bool {
+        self.taken.send_if_modified(|t| !std::mem::replace(t, true))
+    }
+
+    /// Resolves once the slot is taken.
+    pub async fn claimed(&self) {
+        let mut rx = self.taken.subscribe();
+        let _ = rx.wait_for(|t| *t).await;
+    }
 }
 
 /// Inbound data accounting for one receiving channel: bytes received and not
@@ -125,10 +159,10 @@ async fn run_connection<R: AsyncRead + Unpin>(
     out.msg(CONNECTION_STREAM, &Message::Ready(agent.ready.clone())).await;
     match tokio::time::timeout(HELLO_DEADLINE, handshake(agent, reader, out)).await {
         Ok(true) => {}
-        Ok(false) => return Outcome::Lost,
+        Ok(false) => return Outcome::Refused,
         Err(_) => {
             out.error(CONNECTION_STREAM, ErrorCode::Unexpected, "no hello within the deadline").await;
-            return Outcome::Lost;
+            return Outcome::Refused;
         }
     }
     loop {
@@ -185,12 +219,21 @@ async fn handshake<R: AsyncRead + Unpin>(agent: &Agent, reader: &mut FrameReader
             return false;
         }
     };
-    if !constant_time_eq(hello.token.as_bytes(), agent.token.as_bytes()) {
+    if agent.token.is_empty() || !constant_time_eq(hello.token.as_bytes(), agent.token.as_bytes()) {
         out.error(CONNECTION_STREAM, ErrorCode::BadToken, "the sandbox token does not match").await;
         return false;
     }
     match negotiate((VERSION_MIN, VERSION_MAX), (hello.version_min, hello.version_max)) {
-        Some(version) => out.msg(CONNECTION_STREAM, &Message::Welcome { version }).await,
+        Some(_) if !agent.slot.claim() => {
+            out.error(CONNECTION_STREAM, ErrorCode::Unexpected, "the agent already serves its runner").await;
+            false
+        }
+        Some(version) => {
+            // The slot is this connection's now, even if Welcome cannot be
+            // written: it ends as the session (Lost), never as Refused.
+            out.msg(CONNECTION_STREAM, &Message::Welcome { version }).await;
+            true
+        }
         None => {
             out.error(
                 CONNECTION_STREAM,

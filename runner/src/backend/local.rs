@@ -26,6 +26,9 @@ impl Drop for Guard {
 
 /// A command that starts the agent serving `conn` (one end of a connected
 /// socket) as its fd 3, dying with this process. Drop `conn` after spawning.
+/// The token goes in the environment, never argv (ps shows argv to every
+/// local user; /proc/PID/environ only to the owner); the agent removes it
+/// from its environment before any step could inherit it.
 pub fn agent_command(agent: &Path, conn: &impl AsRawFd, token: &str) -> std::process::Command {
     let fd = conn.as_raw_fd();
     let mut cmd = std::process::Command::new(agent);
@@ -42,6 +45,8 @@ pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     let token = new_token();
     let scratch = tempfile::Builder::new()
         .prefix("cordon-")
+        // Private to this user (tempfile leaves the mode to the umask).
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|source| BackendError::Spawn { what: "temp dir".into(), source })?;
     let cmd = agent_command(&agent, &theirs, &token);

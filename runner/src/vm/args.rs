@@ -1,5 +1,7 @@
 //! The QEMU command line, built in one place from a VmConfig by pure
-//! functions, each testable argument by argument without QEMU.
+//! functions, each testable argument by argument without QEMU. No secret
+//! goes into it (argv is visible to every local user through ps): the
+//! agent's token travels as a fw_cfg file.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -71,11 +73,17 @@ pub struct VmConfig {
     /// serial console to (cordon keeps a bounded tail of it).
     pub console_fd: i32,
     pub qmp_socket: PathBuf,
+    /// A 0600 file in the 0700 temp dir holding the agent's token, handed
+    /// to the guest as the fw_cfg item [`TOKEN_FW_CFG`].
+    pub token_file: PathBuf,
     pub control: Control,
     pub net: Net,
     /// Use QEMU's seccomp sandbox.
     pub sandbox: bool,
 }
+
+/// The fw_cfg item name the agent reads its token from (its token.rs).
+pub const TOKEN_FW_CFG: &str = "opt/cordon/token";
 
 fn os(v: &[&str]) -> Vec<OsString> {
     v.iter().map(OsString::from).collect()
@@ -130,6 +138,13 @@ pub fn boot_args(c: &VmConfig) -> Vec<OsString> {
         "-append".into(),
         c.cmdline.clone().into(),
     ]
+}
+
+/// The token as a fw_cfg file QEMU reads at startup: only its path is in argv.
+pub fn secret_args(c: &VmConfig) -> Vec<OsString> {
+    // QemuOpts values escape a comma by doubling it.
+    let path = c.token_file.as_os_str().to_string_lossy().replace(',', ",,");
+    vec!["-fw_cfg".into(), format!("name={TOKEN_FW_CFG},file={path}").into()]
 }
 
 pub fn console_args(c: &VmConfig) -> Vec<OsString> {
@@ -193,18 +208,19 @@ pub fn qemu_args(c: &VmConfig) -> Vec<OsString> {
     v.extend(machine_args(c));
     v.extend(sandbox_args(c));
     v.extend(boot_args(c));
+    v.extend(secret_args(c));
     v.extend(console_args(c));
     v.extend(device_args(c));
     v
 }
 
-/// The guest kernel command line. Secrets do not belong here beyond the
-/// per-sandbox token, which only authenticates the runner to its own agent.
-pub fn kernel_cmdline(machine: Machine, listen: &str, token: &str) -> String {
+/// The guest kernel command line. No secrets: it is in QEMU's argv and in
+/// the guest's /proc/cmdline.
+pub fn kernel_cmdline(machine: Machine, listen: &str) -> String {
     let console = if machine == Machine::Virt { "ttyAMA0" } else { "ttyS0" };
     format!(
         "console={console} panic=-1 reboot=t quiet loglevel=4 8250.nr_uarts=1 \
-         random.trust_cpu=on cordon.listen={listen} cordon.token={token}"
+         random.trust_cpu=on cordon.listen={listen}"
     )
 }
 
@@ -223,6 +239,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             console_fd: 4,
             qmp_socket: "/run/c/qmp.sock".into(),
+            token_file: "/run/c/token".into(),
             control: Control::VhostUserVsock { socket: "/run/c/vu.sock".into() },
             net: Net::Off,
             sandbox: true,
@@ -314,9 +331,48 @@ mod tests {
 
     #[test]
     fn test_kernel_cmdline() {
-        let c = kernel_cmdline(Machine::Microvm, "vsock:1024", "tok");
+        let c = kernel_cmdline(Machine::Microvm, "vsock:1024");
         assert!(c.starts_with("console=ttyS0 "));
-        assert!(c.contains(" panic=-1 ") && c.contains("cordon.listen=vsock:1024") && c.ends_with("cordon.token=tok"));
-        assert!(kernel_cmdline(Machine::Virt, "serial:x", "t").starts_with("console=ttyAMA0"));
+        assert!(c.contains(" panic=-1 ") && c.ends_with(" cordon.listen=vsock:1024"));
+        assert!(kernel_cmdline(Machine::Virt, "serial:x").starts_with("console=ttyAMA0"));
+    }
+
+    #[test]
+    fn test_secret_args_token_by_file() {
+        let v = s(secret_args(&cfg()));
+        assert_eq!(v, ["-fw_cfg", "name=opt/cordon/token,file=/run/c/token"]);
+        let mut c = cfg();
+        c.token_file = "/tmp/a,b/token".into();
+        assert_eq!(s(secret_args(&c))[1], "name=opt/cordon/token,file=/tmp/a,,b/token");
+    }
+
+    #[test]
+    fn test_qemu_args_never_carry_the_token() {
+        // Every transport, machine and network, with the command line built
+        // the way vm::start builds it: the token is only ever a file's content.
+        let token = crate::backend::new_token();
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, &token).unwrap();
+        let controls = [
+            Control::VhostUserVsock { socket: "/run/c/vu.sock".into() },
+            Control::KernelVsock { cid: 7 },
+            Control::Serial { socket: "/run/c/agent.sock".into(), name: "org.cordon.agent".into() },
+        ];
+        for machine in [Machine::Microvm, Machine::Q35, Machine::Virt] {
+            for control in &controls {
+                for net in [Net::Off, Net::UserRestricted, Net::Gated { fd: 3 }] {
+                    let mut c = cfg();
+                    c.machine = machine;
+                    c.control = control.clone();
+                    c.net = net;
+                    c.cmdline = kernel_cmdline(machine, "vsock:1024");
+                    c.token_file = token_file.clone();
+                    let v = s(qemu_args(&c));
+                    assert!(!v.iter().any(|a| a.contains(&token) || a.contains("token=")), "{v:?}");
+                    assert!(has_pair(&v, "-fw_cfg", &format!("name=opt/cordon/token,file={}", token_file.display())));
+                }
+            }
+        }
     }
 }

@@ -199,6 +199,20 @@ fn log_to(cmd: &mut std::process::Command, dir: &Path, name: &str) -> Result<(),
     Ok(())
 }
 
+/// Writes `content` to a new file only its owner can read.
+fn write_secret(path: &Path, content: &str) -> Result<PathBuf, BackendError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .map_err(|source| BackendError::Spawn { what: path.display().to_string(), source })?;
+    Ok(path.to_path_buf())
+}
+
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, BackendError> {
     std::fs::File::create(dir.join(name)).map_err(|source| BackendError::Spawn { what: name.to_string(), source })
 }
@@ -225,6 +239,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
 
     let dir = tempfile::Builder::new()
         .prefix("cordon-")
+        // Private to this user (tempfile leaves the mode to the umask).
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|source| BackendError::Spawn { what: "temp dir".into(), source })?;
     let d = dir.path().to_path_buf();
@@ -240,10 +256,14 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         passt: None,
     };
 
+    // The token reaches the guest as a fw_cfg file, never through argv (see
+    // args.rs); the file lives in the 0700 temp dir until the agent is in.
     let token = new_token();
+    let token_file = write_secret(&d.join("token"), &token)?;
     let (control, listen) = match &kind {
         ControlKind::KernelVsock => {
-            let cid = 3 + (u32::from_str_radix(&token[..6], 16).unwrap_or(0) % 0x00ff_fff0);
+            // The CID is in argv: random on its own, not derived from the token.
+            let cid = 3 + (u32::from_str_radix(&new_token()[..6], 16).unwrap_or(0) % 0x00ff_fff0);
             (Control::KernelVsock { cid }, format!("vsock:{AGENT_PORT}"))
         }
         ControlKind::VhostUser { daemon } => {
@@ -314,7 +334,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         kernel: std::env::var_os("CORDON_KERNEL").map(PathBuf::from).unwrap_or_else(|| image.kernel()),
         initrd: std::env::var_os("CORDON_INITRD").map(PathBuf::from).unwrap_or_else(|| image.initramfs()),
         cmdline: {
-            let mut c = args::kernel_cmdline(machine, &listen, &token);
+            let mut c = args::kernel_cmdline(machine, &listen);
             if accel == Accel::Tcg {
                 if let Some(khz) = tsc::host_tsc_khz() {
                     c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
@@ -329,6 +349,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         },
         console_fd: QEMU_CONSOLE_FD,
         qmp_socket: d.join("qmp.sock"),
+        token_file: token_file.clone(),
         control: control.clone(),
         net,
         sandbox: caps.seccomp,
@@ -358,6 +379,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
 
     let deadline = plan.boot_timeout.unwrap_or_else(|| default_boot_timeout(accel));
     let client = wait_ready(&mut guard, &control, &token, &d, &console, deadline).await?;
+    // QEMU read it at startup, and the agent now refuses any other session.
+    let _ = std::fs::remove_file(&token_file);
     let boot_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(boot_ms, "agent ready");
     let description = format!(
