@@ -22,6 +22,11 @@ use crate::tree::{vmstat_oom_kills, CgroupRoot, Limits, Tree};
 /// PATH given to processes whose environment lacks one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// How long a killed tree may take to be gone before Exit is sent anyway
+/// (with an error logged). Under TCG the kernel needs about 4 s of guest
+/// time to end the 4096 tasks of a fork bomb at the default `pids.max`.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// How long output may keep flowing after the tree is gone (a process that
 /// escaped the tree may hold a pipe open).
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
@@ -118,7 +123,9 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
     if let Some(k) = killer {
         let _ = k.await;
     }
-    terminate(tree.clone(), grace).await;
+    if !we_killed {
+        terminate(tree.clone(), grace).await;
+    }
 
     let drain = async {
         let _ = pump_out.await;
@@ -165,27 +172,41 @@ async fn sleep_until_opt(d: Option<tokio::time::Instant>) {
 }
 
 /// SIGTERM to the tree, wait up to `grace` for it to empty, then SIGKILL.
+/// A tree that hit its task limit gets no grace: its forks fail anyway,
+/// and a fork bomb refills every slot a SIGTERM frees.
 async fn terminate(tree: Arc<Tree>, grace: Duration) {
     if tree.is_empty() {
         return;
     }
-    tree.signal(libc::SIGTERM);
-    tree.signal(libc::SIGCONT);
-    let until = Instant::now() + grace;
-    while Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if tree.is_empty() {
-            return;
+    if tree.hit_task_limit() {
+        tracing::info!(pgid = tree.pgid, "the tree hit its task limit; killing it without a grace period");
+    } else {
+        tree.signal(libc::SIGTERM);
+        tree.signal(libc::SIGCONT);
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tree.is_empty() {
+                return;
+            }
         }
     }
-    for _ in 0..100 {
+    let until = Instant::now() + KILL_WAIT;
+    loop {
+        // Once per round: cgroup.kill walks every member in the kernel,
+        // which the dying members need the CPU for.
         tree.kill();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        if tree.is_empty() {
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if tree.is_empty() {
+                return;
+            }
+        }
+        if Instant::now() >= until {
+            tracing::error!(pgid = tree.pgid, "process tree survived SIGKILL for {KILL_WAIT:?}");
             return;
         }
     }
-    tracing::error!(pgid = tree.pgid, "process tree survived SIGKILL for a second");
 }
 
 async fn pump(out: Outbox, stream: u32, kind: Kind, win: Window, mut r: Box<dyn AsyncRead + Send + Unpin>) {

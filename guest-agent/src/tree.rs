@@ -112,6 +112,21 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Whether any task is in the cgroup (`cgroup.events`: cheaper than
+    /// listing thousands of members).
+    fn populated(&self) -> bool {
+        match std::fs::read_to_string(self.dir.join("cgroup.events")) {
+            Ok(ev) => ev.lines().any(|l| l == "populated 1"),
+            Err(_) => !self.pids().is_empty(),
+        }
+    }
+
+    /// Whether a fork ever failed at `pids.max`.
+    fn hit_task_limit(&self) -> bool {
+        let ev = std::fs::read_to_string(self.dir.join("pids.events")).unwrap_or_default();
+        ev.lines().filter_map(|l| l.strip_prefix("max ")).any(|n| n.trim().parse::<u64>().unwrap_or(0) > 0)
+    }
+
     fn pids(&self) -> Vec<i32> {
         std::fs::read_to_string(self.dir.join("cgroup.procs"))
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
@@ -172,8 +187,12 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Sends `sig` to every process of the tree.
+    /// Sends `sig` to every process of the tree (SIGKILL through
+    /// [`Tree::kill`], atomic against forks).
     pub fn signal(&self, sig: i32) {
+        if sig == libc::SIGKILL {
+            return self.kill();
+        }
         // SAFETY: kill has no memory effects; a stale pgid gives ESRCH.
         unsafe { libc::kill(-self.pgid, sig) };
         if let Some(cg) = &self.cgroup {
@@ -196,11 +215,17 @@ impl Tree {
     /// Whether any process of the tree is still alive (zombies count as gone).
     pub fn is_empty(&self) -> bool {
         if let Some(cg) = &self.cgroup {
-            if !cg.pids().is_empty() {
+            if cg.populated() {
                 return false;
             }
         }
         !group_alive(self.pgid)
+    }
+
+    /// Whether the tree ever hit its task limit: a fork bomb, or a tree
+    /// that cannot fork to clean up anyway.
+    pub fn hit_task_limit(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(Cgroup::hit_task_limit)
     }
 
     pub fn oom_kills(&self) -> u64 {
@@ -292,6 +317,21 @@ mod tests {
         cg.set_limits(&Limits::default()).unwrap();
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(names.is_empty(), "{names:?}");
+        std::mem::forget(cg);
+    }
+
+    #[test]
+    fn test_populated_and_hit_task_limit_from_event_files() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = fake_cgroup(d.path(), &[]);
+        assert!(!cg.hit_task_limit(), "no pids controller: never at the limit");
+        for (events, pids_events, populated, hit) in
+            [("populated 1\nfrozen 0\n", "max 0\n", true, false), ("populated 0\nfrozen 0\n", "max 3\n", false, true)]
+        {
+            std::fs::write(d.path().join("cgroup.events"), events).unwrap();
+            std::fs::write(d.path().join("pids.events"), pids_events).unwrap();
+            assert_eq!((cg.populated(), cg.hit_task_limit()), (populated, hit), "{events:?} {pids_events:?}");
+        }
         std::mem::forget(cg);
     }
 
