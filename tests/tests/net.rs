@@ -420,3 +420,53 @@ async fn test_net_dns_flood_is_bounded_upstream() {
     assert!(asked.lock().unwrap().contains("after.flood.test"));
     drop((relay, passt_ours));
 }
+
+/// ICMP verdicts the gate logged for `dst`.
+fn icmp_verdicts(log: &std::path::Path, dst: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["proto"] == "icmp" && l["dst"] == dst)
+        .map(|l| l["verdict"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn test_net_ipv6_works_with_tcp_only_rules_and_icmp_stays_judged() {
+    let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
+    let _host = TestHost::new();
+    // No rule allows ICMP: echo requests are refused by the gate, yet the
+    // guest's neighbor discovery with passt must still work for IPv6.
+    let script = format!(
+        "{}{}ping -c 1 -W 2 198.51.100.2 >/dev/null 2>&1 && echo PING4:ok; \
+         ping -6 -c 1 -W 2 2001:db8:7::2 >/dev/null 2>&1 && echo PING6:ok; echo done",
+        probe("V6", "2001:db8:7::2", 8081),
+        probe("V4", "198.51.100.2", 8081)
+    );
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_arg = log.path().to_str().unwrap();
+    let (code, out, err) = run_vm(
+        &["--allow", "tcp/[2001:db8:7::2]:8081", "--allow", "tcp/198.51.100.2:8081", "--net-log", log_arg],
+        &script,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("V6:ok:port8081"), "IPv6 through a tcp-only rule: {out}");
+    assert!(out.contains("V4:ok:port8081"), "{out}");
+    assert!(!out.contains("PING4:ok") && !out.contains("PING6:ok"), "ICMP without a rule: {out}");
+    for dst in ["198.51.100.2", "2001:db8:7::2"] {
+        let v = icmp_verdicts(log.path(), dst);
+        assert!(!v.is_empty() && v.iter().all(|v| v == "deny"), "echo to {dst} must be refused by the gate: {v:?}");
+    }
+    // Positive control: with a rule that allows ICMP the gate passes the same
+    // pings (whether the host then may send them is the host's ping_group_range).
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_arg = log.path().to_str().unwrap();
+    let (code, _out, err) =
+        run_vm(&["--allow", "icmp/198.51.100.2", "--allow", "icmp/[2001:db8:7::2]", "--net-log", log_arg], &script);
+    assert_eq!(code, 0, "{err}");
+    for dst in ["198.51.100.2", "2001:db8:7::2"] {
+        let v = icmp_verdicts(log.path(), dst);
+        assert!(v.iter().any(|v| v == "allow"), "echo to {dst} with an icmp rule: {v:?}");
+    }
+}

@@ -56,9 +56,9 @@ fn start_gate(
         .args(["-m", &crate::netfilter::GUEST_MTU.to_string()])
         .stdin(Stdio::null());
     log_to(&mut cmd, dir, "passt.log")?;
-    if !policy.allows_icmp() {
-        cmd.arg("--no-icmp");
-    }
+    // No `--no-icmp`, even when no rule allows ICMP: the gate judges echo
+    // requests like any flow, and passt's `--no-icmp` also switches off its
+    // NDP, which leaves the guest no IPv6 neighbor for the gateway.
     crate::procs::pass_fd(&mut cmd, passt_theirs.as_raw_fd(), 3);
     let passt = spawn(cmd, "passt")?;
     drop(passt_theirs);
