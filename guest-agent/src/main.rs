@@ -39,7 +39,9 @@ struct Args {
 
 fn main() {
     let t0 = Instant::now();
-    let pid1 = std::process::id() == 1;
+    // PID 1 of a VM sets the machine up; PID 1 of a namespace sandbox (cordon's
+    // ns-init built it) is a plain server that also reaps orphans.
+    let pid1 = std::process::id() == 1 && std::env::var_os("CORDON_AGENT_MODE").is_none();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// Guest image (only `default`: Debian's cloud kernel, busybox, the agent)
     #[arg(long)]
     pub image: Option<String>,
+    /// Root filesystem of a namespace sandbox: image (the image's rootfs) or
+    /// host (the host's /usr, /bin, /lib*, /etc read-only, without
+    /// /etc/shadow, /root, /home or your credentials)
+    #[arg(long, value_enum, default_value_t = crate::plan::RootfsChoice::Image)]
+    pub rootfs: crate::plan::RootfsChoice,
     /// vCPUs (default: what this process's cgroup allows, at most 2)
     #[arg(long)]
     pub cpus: Option<u32>,

@@ -11,6 +11,9 @@ fn main() -> ExitCode {
     if argv.len() == 3 && argv[1] == "__janitor" {
         cordon::janitor::main(std::path::Path::new(&argv[2]));
     }
+    if argv.len() == 2 && argv[1] == "__ns-init" {
+        cordon::backend::namespace::init::main();
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

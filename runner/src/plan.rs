@@ -32,6 +32,16 @@ pub enum NetMode {
     Full,
 }
 
+/// What the namespace backend uses as the sandbox's root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RootfsChoice {
+    /// The image's own rootfs (the default image: busybox and the agent).
+    Image,
+    /// The host's /usr, /bin, /lib*, /etc read-only (namespace only), with
+    /// /etc/shadow, /root, /home and the caller's credentials never visible.
+    Host,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub isolation: Isolation,
@@ -43,6 +53,7 @@ pub struct Plan {
     /// Where the gate writes one JSON line per flow.
     pub net_log: Option<PathBuf>,
     pub image: String,
+    pub rootfs: RootfsChoice,
     pub cpus: u32,
     pub memory_mib: u64,
     /// Most tasks each step may hold at once (guest cgroup `pids.max`);
@@ -100,6 +111,8 @@ pub enum PlanError {
     OutsideJobDir { what: &'static str, path: String, dir: String },
     #[error("-t/--tty needs a single command, not a job file")]
     TtyWithFile,
+    #[error("--rootfs host is for the namespace backend only (pass --isolation namespace)")]
+    HostRootfsInVm,
     #[error("unknown image {0:?}: only `default` exists")]
     UnknownImage(String),
     #[error(transparent)]
@@ -276,6 +289,9 @@ impl Plan {
         if a.tty && a.file.is_some() {
             return Err(PlanError::TtyWithFile);
         }
+        if a.rootfs == RootfsChoice::Host && a.isolation != Isolation::Namespace {
+            return Err(PlanError::HostRootfsInVm);
+        }
         let steps = if a.command.is_empty() {
             if file.steps.is_empty() {
                 return Err(PlanError::NoCommand);
@@ -363,6 +379,7 @@ impl Plan {
             rules,
             net_log: a.net_log.clone(),
             image,
+            rootfs: a.rootfs,
             cpus,
             memory_mib,
             pids_max,

@@ -149,6 +149,9 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
         out.event(json!({"event": "sandbox_ready", "isolation": sandbox.description, "ready_ms": ready_ms,
             "agent_version": sandbox.client.ready.agent_version, "kernel_boot_ms": sandbox.client.ready.kernel_boot_ms,
             "agent_start_ms": sandbox.client.ready.agent_start_ms, "agent_capabilities": sandbox.client.ready.capabilities}))?;
+    } else if sandbox.description.starts_with("namespace") {
+        // The layers in force, every run: nothing about isolation is implied.
+        say(&format!("isolation: {}", sandbox.description));
     } else if plan.isolation == Isolation::LocalAgent {
         say(&format!("WARNING: isolation {}", sandbox.description));
     } else {
@@ -388,9 +391,7 @@ async fn start(plan: &Plan) -> Result<Sandbox, RunError> {
     match plan.isolation {
         Isolation::LocalAgent => Ok(backend::local::start(plan).await?),
         Isolation::Vm => Ok(crate::vm::start(plan, &log).await?),
-        Isolation::Namespace => {
-            Err(BackendError::Unavailable("namespace", "the namespace backend is not built yet".into()).into())
-        }
+        Isolation::Namespace => Ok(backend::namespace::start(plan, &log).await?),
         Isolation::Auto => {
             // An explicitly named accelerator means the VM; otherwise only a
             // usable hardware one does.
@@ -399,13 +400,8 @@ async fn start(plan: &Plan) -> Result<Sandbox, RunError> {
                 return Ok(crate::vm::start(plan, &log).await?);
             }
             let why = crate::vm::accel::resolve(AccelChoice::Auto).err().unwrap_or_default();
-            Err(BackendError::Unavailable(
-                "auto",
-                format!(
-                    "{why}; the namespace fallback is not built yet (pass --accel tcg to use the VM under emulation)"
-                ),
-            )
-            .into())
+            say(&format!("isolation: namespaces, because no hardware accelerator is usable ({why}); --accel tcg runs the VM under emulation"));
+            Ok(backend::namespace::start(plan, &log).await?)
         }
     }
 }

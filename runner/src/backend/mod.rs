@@ -2,6 +2,7 @@
 //! AgentClient. Dropping a Sandbox tears everything down.
 
 pub mod local;
+pub mod namespace;
 
 use crate::agent::{AgentClient, AgentError};
 

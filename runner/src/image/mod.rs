@@ -7,6 +7,8 @@
 pub mod cache;
 pub mod cpio;
 pub mod modinfo;
+pub mod rootfs;
+pub use rootfs::rootfs;
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -10,6 +10,7 @@ pub mod link;
 pub mod names;
 pub mod packet;
 pub mod relay;
+pub mod tap;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -23,6 +24,13 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc0de, 0, 0, 0, 0, 0, 0x
 /// refuses larger frames, and whole frames up to this size fit in one
 /// write to passt (see relay.rs).
 pub const GUEST_MTU: usize = 1500;
+
+/// The gated guest network as the agent's `cordon.net` spec: address, gateway,
+/// DNS, IPv6 address and gateway, MTU. The VM passes it on the kernel
+/// command line; the namespace backend configures its tap with it.
+pub fn guest_net_spec() -> String {
+    format!("{GUEST_V4}/24,{GATEWAY_V4},{DNS_V4},{GUEST_V6}/64,{GATEWAY_V6},mtu={GUEST_MTU}")
+}
 
 /// Addresses that reach the host itself: every interface's own address and,
 /// where it has one, its broadcast address. From getifaddrs.

@@ -32,7 +32,7 @@ const QEMU_NET_FD: i32 = 3;
 const QEMU_CONSOLE_FD: i32 = 4;
 
 /// Starts `passt_bin` on one socketpair and the gate between it and QEMU's.
-fn start_gate(
+pub(crate) fn start_gate(
     plan: &Plan,
     passt_bin: &Path,
     dir: &Path,

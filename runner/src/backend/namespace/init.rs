@@ -1,0 +1,260 @@
+//! `cordon __ns-init`: the child cordon spawns to build a namespace sandbox.
+//! Single-threaded, before any runtime, because unshare(CLONE_NEWUSER)
+//! demands it. Its steps, each answered over the sync socket (fd 4):
+//!
+//! 1. read the Spec;
+//! 2. with a tap (root only): a new network namespace, still owned by the
+//!    host's user namespace (so the sandbox's root has no CAP_NET_ADMIN or
+//!    CAP_NET_RAW over it), the tap created and configured inside it, its fd
+//!    sent to cordon for the gate;
+//! 3. open the host paths it will bind (the mapped root cannot walk the
+//!    host's 0700 directories);
+//! 4. a new user namespace; cordon writes the id maps and moves this
+//!    process into the sandbox's cgroup, then says go;
+//! 5. new mount, PID, IPC, UTS and cgroup namespaces (and network, without a
+//!    tap: loopback only), then fork: the child is PID 1, builds the root
+//!    (`sys::setup_root`), confines itself (`confine::apply`) and becomes the
+//!    agent, serving the protocol on fd 3. This process waits for it and
+//!    exits with its status; both die with cordon (PR_SET_PDEATHSIG).
+
+use nix::sched::CloneFlags;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use super::sys::{self, RootPlan};
+
+/// The control connection's fd in the sandbox (the agent serves it).
+pub const CONTROL_FD: i32 = 3;
+/// The sync socket's fd in ns-init.
+pub const SYNC_FD: i32 = 4;
+
+/// What cordon asks ns-init to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// The image's rootfs, or `None` for `--rootfs host`.
+    pub image_root: Option<PathBuf>,
+    pub workspace: PathBuf,
+    /// The static agent; bound in for `--rootfs host` (the image has its own).
+    pub agent: PathBuf,
+    /// The image's static busybox, for `ip` while configuring the tap.
+    pub busybox: PathBuf,
+    pub resolv: Option<PathBuf>,
+    /// The tap's configuration (the guest's cordon.net spec), when the gate runs.
+    pub tap: Option<String>,
+    pub hostname: String,
+    /// An empty directory where the new root is assembled.
+    pub stage: PathBuf,
+    pub token: String,
+    pub allow_raw_sockets: bool,
+}
+
+/// Messages from ns-init to cordon, one JSON line each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Report {
+    /// The tap's fd rides along (SCM_RIGHTS).
+    Tap,
+    /// The user namespace exists: write the maps, then send `Go`.
+    Userns {
+        pid: u32,
+    },
+    /// The layers PID 1 put in force, just before it became the agent.
+    Confined {
+        layers: Vec<super::confine::Layer>,
+    },
+    Failed {
+        step: String,
+        error: String,
+    },
+}
+
+pub const GO: &[u8] = b"go\n";
+
+fn send(sync: &mut UnixStream, r: &Report) {
+    let mut line = serde_json::to_vec(r).expect("reports serialize");
+    line.push(b'\n');
+    let _ = sync.write_all(&line);
+}
+
+fn fail(sync: &mut UnixStream, step: &str, e: impl std::fmt::Display) -> ! {
+    send(sync, &Report::Failed { step: step.to_string(), error: e.to_string() });
+    std::process::exit(1)
+}
+
+/// Reads one newline-terminated message.
+fn read_line(sync: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if sync.read(&mut b)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if b[0] == b'\n' {
+            return Ok(out);
+        }
+        out.push(b[0]);
+        if out.len() > 1 << 20 {
+            return Err(std::io::Error::other("message too long"));
+        }
+    }
+}
+
+/// Phase one of the root (see `sys::prepare_root`); as root, in a mount
+/// namespace of its own first.
+fn prepare(sync: &mut UnixStream, plan: &RootPlan, _: CloneFlags) {
+    if nix::unistd::geteuid().is_root() {
+        if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
+            fail(sync, "a mount namespace", e);
+        }
+    }
+    if let Err(e) = sys::prepare_root(&mut sys::Real, plan) {
+        fail(sync, "binding the sandbox's root", e);
+    }
+    // Phase two works relative to the new root (see `sys::finish_root`).
+    if let Err(e) = nix::unistd::chdir(&sys::new_root(plan)) {
+        fail(sync, "entering the sandbox's root", e);
+    }
+}
+
+/// The entry point of `cordon __ns-init`.
+pub fn main() -> ! {
+    // SAFETY: cordon passes the sync socket as fd 4; nothing else owns it.
+    let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
+    let spec: Spec = match read_line(&mut sync).map(|l| serde_json::from_slice(&l)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => fail(&mut sync, "reading the spec", e),
+        Err(e) => fail(&mut sync, "reading the spec", e),
+    };
+    if let Some(net) = &spec.tap {
+        if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
+            fail(&mut sync, "a network namespace for the tap", e);
+        }
+        let tap = match super::tap::create("tap0") {
+            Ok(t) => t,
+            Err(e) => fail(&mut sync, "creating the tap device", e),
+        };
+        if let Err(e) = super::tap::configure(&spec.busybox, "tap0", net) {
+            fail(&mut sync, "configuring the tap device", e);
+        }
+        send_fd(&mut sync, &Report::Tap, &tap);
+        drop(tap);
+    }
+    let plan = RootPlan {
+        image_root: spec.image_root.clone(),
+        workspace: spec.workspace.clone(),
+        agent: spec.image_root.is_none().then(|| spec.agent.clone()),
+        resolv: spec.resolv.clone(),
+        hostname: spec.hostname.clone(),
+        stage: spec.stage.clone(),
+    };
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        // Binds as the host's root, in a mount namespace of its own, before the
+        // user namespace: its mapped root could not walk the host's 0700 paths.
+        prepare(&mut sync, &plan, CloneFlags::empty());
+    }
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+        fail(&mut sync, "a user namespace", e);
+    }
+    send(&mut sync, &Report::Userns { pid: std::process::id() });
+    match read_line(&mut sync) {
+        Ok(l) if l == GO.trim_ascii_end() => {}
+        Ok(_) => fail(&mut sync, "waiting for the id maps", "unexpected message"),
+        Err(e) => fail(&mut sync, "waiting for the id maps", e),
+    }
+    become_root(&mut sync);
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
+    if spec.tap.is_none() {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = nix::sched::unshare(flags) {
+        fail(&mut sync, "mount, pid, ipc, uts and cgroup namespaces", e);
+    }
+    if !root {
+        prepare(&mut sync, &plan, CloneFlags::empty());
+    }
+    // SAFETY: single-threaded; the child only continues this function's
+    // straight-line setup and then execs.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(sync);
+            let code = match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                _ => 1,
+            };
+            std::process::exit(code)
+        }
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => fail(&mut sync, "forking the sandbox's init", e),
+    }
+    // PID 1 of the sandbox from here on.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if spec.tap.is_none() {
+        crate::backend::namespace::tap::loopback_up();
+    }
+    if let Err(e) = sys::finish_root(&mut sys::Real, &plan) {
+        fail(&mut sync, "building the sandbox's root", e);
+    }
+    let confine = super::confine::ConfineSpec {
+        writable: ["/workspace", "/tmp", "/run", "/dev"].iter().map(PathBuf::from).collect(),
+        allow_raw_sockets: spec.allow_raw_sockets,
+    };
+    let agent = if spec.image_root.is_some() { "/init" } else { "/.cordon-agent" };
+    let layers = match super::confine::apply(&confine) {
+        Ok(l) => l,
+        Err(e) => fail(&mut sync, "confining the sandbox", e),
+    };
+    send(&mut sync, &Report::Confined { layers });
+    drop(sync);
+    exec_agent(agent, &spec.token)
+}
+
+/// Root (0) inside the new user namespace, with no supplementary host groups
+/// where the maps allow dropping them.
+fn become_root(sync: &mut UnixStream) {
+    let _ = nix::unistd::setgroups(&[]);
+    let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
+    if let Err(e) = nix::unistd::setresgid(root.0, root.0, root.0) {
+        fail(sync, "becoming the sandbox's root (gid)", e);
+    }
+    if let Err(e) = nix::unistd::setresuid(root.1, root.1, root.1) {
+        fail(sync, "becoming the sandbox's root (uid)", e);
+    }
+}
+
+fn exec_agent(agent: &str, token: &str) -> ! {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).expect("no NUL in fixed strings");
+    let argv = [c("cordon-agent"), c("--listen"), c(&format!("fd:{CONTROL_FD}")), c("--spool-dir"), c("/run/cordon")];
+    let env = [
+        c(&format!("PATH={}", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")),
+        c("CORDON_AGENT_MODE=namespace"),
+        c("CORDON_AGENT_LOG=warn"),
+        CString::new(format!("CORDON_AGENT_TOKEN={token}")).unwrap_or_else(|_| c("CORDON_AGENT_TOKEN=")),
+    ];
+    let e = nix::unistd::execve(&c(agent), &argv, &env).unwrap_err();
+    eprintln!("cordon __ns-init: exec {agent}: {e}");
+    std::process::exit(127)
+}
+
+fn send_fd(sync: &mut UnixStream, r: &Report, fd: &OwnedFd) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut line = serde_json::to_vec(r).expect("reports serialize");
+    line.push(b'\n');
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&line)];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    if let Err(e) = sendmsg::<()>(sync.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None) {
+        fail(sync, "sending the tap to cordon", e);
+    }
+}

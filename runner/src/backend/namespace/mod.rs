@@ -1,0 +1,309 @@
+//! The namespace backend: the same agent and protocol as the VM, as PID 1 of
+//! new user, mount, PID, network, IPC, UTS and cgroup namespaces, confined
+//! with no_new_privs, no capabilities, seccomp and Landlock, in a cgroup of
+//! its own, on a read-only root (the image's rootfs, or the host's /usr,
+//! /bin, /lib*, /etc with `--rootfs host`). The network policy is the VM's:
+//! a tap inside the sandbox's network namespace whose frames the same gate
+//! judges before passt. ns-init (init.rs) builds it; this side answers its
+//! reports, writes the id maps, wires the gate and connects to the agent.
+
+pub mod cgroup;
+pub mod confine;
+pub mod init;
+pub mod sys;
+pub mod tap;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{find_agent, new_token, BackendError, Sandbox};
+use crate::agent::AgentClient;
+use crate::janitor::Janitor;
+use crate::plan::{Plan, RootfsChoice};
+use confine::Layer;
+use init::{Report, Spec};
+
+/// The sandbox's id range when cordon runs as root: 65536 ids from a random
+/// multiple of 65536 in [0x7000_0000, 0x8000_0000), never host root, and
+/// (with high probability) not another sandbox's.
+fn root_map_base() -> u32 {
+    let r = u32::from_str_radix(&new_token()[..4], 16).unwrap_or(0) % 4096;
+    0x7000_0000 + r * 0x1_0000
+}
+
+/// Whether this process can open /dev/net/tun (root here; a normal user's
+/// user namespace cannot: the node is 0600 root).
+pub fn tun_usable() -> Result<(), String> {
+    use nix::unistd::{access, AccessFlags};
+    if !nix::unistd::geteuid().is_root() {
+        return Err("the namespace backend creates its tap device as root, and cordon runs as a normal user".into());
+    }
+    access("/dev/net/tun", AccessFlags::R_OK | AccessFlags::W_OK).map_err(|e| format!("/dev/net/tun: {e}"))
+}
+
+struct Guard {
+    init: Option<tokio::process::Child>,
+    relay: Option<crate::netfilter::relay::Relay>,
+    passt: Option<tokio::process::Child>,
+    tap_pump: Option<tokio::task::JoinHandle<()>>,
+    cgroup: Option<cgroup::SandboxCgroup>,
+    dir: Option<tempfile::TempDir>,
+    janitor: Option<Janitor>,
+}
+
+impl super::SandboxGuard for Guard {}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // ns-init's death takes PID 1 with it (PR_SET_PDEATHSIG), and with PID
+        // 1 the whole PID namespace; the cgroup catches anything in between.
+        if let Some(mut c) = self.init.take() {
+            let _ = c.start_kill();
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            while !matches!(c.try_wait(), Ok(Some(_)) | Err(_)) && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+        if let Some(t) = self.tap_pump.take() {
+            t.abort();
+        }
+        drop(self.relay.take());
+        if let Some(mut p) = self.passt.take() {
+            let _ = p.start_kill();
+        }
+        drop(self.cgroup.take());
+        drop(self.dir.take());
+        drop(self.janitor.take());
+    }
+}
+
+fn spawn_err(what: &str) -> impl Fn(std::io::Error) -> BackendError + '_ {
+    move |source| BackendError::Spawn { what: what.to_string(), source }
+}
+
+pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendError> {
+    let root = nix::unistd::geteuid().is_root();
+    if plan.gated() {
+        // Fail closed: a policy other than off/none needs the tap and the gate.
+        tun_usable().map_err(|why| {
+            BackendError::PolicyUnenforceable(format!(
+                "{why}; --net full and --allow/--deny rules need the tap device the gate reads (use --net none, or run as root, or use the VM)"
+            ))
+        })?;
+    }
+    let passt_bin = if plan.gated() {
+        Some(crate::vm::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
+    } else {
+        None
+    };
+    let agent = find_agent(plan.agent.as_deref())?;
+    let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
+    let rootfs = crate::image::rootfs(&image).map_err(BackendError::Image)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("cordon-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(spawn_err("temp dir"))?;
+    let d = dir.path().to_path_buf();
+    let janitor = Janitor::start(&d).map_err(spawn_err("janitor"))?;
+    let mut guard = Guard {
+        init: None,
+        relay: None,
+        passt: None,
+        tap_pump: None,
+        cgroup: None,
+        dir: Some(dir),
+        janitor: Some(janitor),
+    };
+    let (uid_base, map_len) = if root { (root_map_base(), 0x1_0000) } else { (nix::unistd::getuid().as_raw(), 1) };
+    let gid_base = if root { uid_base } else { nix::unistd::getgid().as_raw() };
+    let ws = d.join("workspace");
+    std::fs::create_dir(&ws).map_err(spawn_err("workspace dir"))?;
+    if root {
+        std::os::unix::fs::chown(&ws, Some(uid_base), Some(gid_base)).map_err(spawn_err("workspace dir"))?;
+    }
+    let resolv = if plan.gated() {
+        let p = d.join("resolv.conf");
+        std::fs::write(&p, format!("nameserver {}\n", crate::netfilter::DNS_V4)).map_err(spawn_err("resolv.conf"))?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(spawn_err("resolv.conf"))?;
+        Some(p)
+    } else {
+        None
+    };
+    let stage = d.join("stage");
+    std::fs::create_dir(&stage).map_err(spawn_err("stage dir"))?;
+    let token = new_token();
+    let spec = Spec {
+        image_root: (plan.rootfs == RootfsChoice::Image).then(|| rootfs.clone()),
+        workspace: ws,
+        agent: agent.clone(),
+        busybox: rootfs.join("bin/busybox"),
+        resolv,
+        tap: plan.gated().then(crate::netfilter::guest_net_spec),
+        hostname: "cordon".into(),
+        stage,
+        token: token.clone(),
+        allow_raw_sockets: false,
+    };
+
+    let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
+    let (mut sync_ours, sync_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
+    let exe = std::env::current_exe().map_err(spawn_err("cordon's own path"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("__ns-init").stdin(Stdio::null()).env_clear();
+    let logf = std::fs::File::create(d.join("ns.log")).map_err(spawn_err("ns.log"))?;
+    cmd.stdout(logf.try_clone().map_err(spawn_err("ns.log"))?).stderr(logf);
+    crate::procs::pass_fd(&mut cmd, control_theirs.as_raw_fd(), init::CONTROL_FD);
+    crate::procs::pass_fd(&mut cmd, sync_theirs.as_raw_fd(), init::SYNC_FD);
+    crate::procs::die_with_parent(&mut cmd);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let child = cmd.spawn().map_err(spawn_err("cordon __ns-init"))?;
+    drop((control_theirs, sync_theirs));
+    if let (Some(j), Some(pid)) = (&guard.janitor, child.id()) {
+        j.track(pid, "ns-init");
+    }
+    guard.init = Some(child);
+
+    let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
+    let (cg, mut layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &token[..12]), &limits);
+    guard.cgroup = cg;
+
+    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
+    line.push(b'\n');
+    use std::io::Write;
+    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
+    let maps = IdMaps { root, uid_base, gid_base, len: map_len };
+    let cg_ref = guard.cgroup.as_ref();
+    let handshake = handshake(&mut sync_ours, &maps, cg_ref);
+    let (tap, confined) = match handshake {
+        Ok(x) => x,
+        Err(why) => {
+            let console = std::fs::read_to_string(d.join("ns.log")).unwrap_or_default();
+            return Err(BackendError::Boot { why, console: crate::term::sanitize(console.trim()) });
+        }
+    };
+    layers.extend(confined);
+
+    if let (Some(tap), Some(passt_bin)) = (tap, passt_bin) {
+        let (relay, passt, guest_end) = crate::vm::start_gate(plan, &passt_bin, &d, guard.janitor.as_ref())?;
+        guard.relay = relay;
+        guard.passt = Some(passt);
+        guard.tap_pump = Some(crate::netfilter::tap::pump(tap, guest_end).map_err(spawn_err("tap relay"))?);
+    }
+
+    control_ours.set_nonblocking(true).map_err(spawn_err("socketpair"))?;
+    let stream = tokio::net::UnixStream::from_std(control_ours).map_err(spawn_err("socketpair"))?;
+    let client = AgentClient::connect(stream, &token, Duration::from_secs(20)).await.map_err(BackendError::Connect)?;
+    let description = describe(plan, root, uid_base, &layers);
+    Ok(Sandbox { client, description, console: None, scratch: d, guard: Box::new(guard) })
+}
+
+struct IdMaps {
+    root: bool,
+    uid_base: u32,
+    gid_base: u32,
+    len: u32,
+}
+
+impl IdMaps {
+    fn write(&self, pid: u32) -> std::io::Result<()> {
+        let p = |f: &str| PathBuf::from(format!("/proc/{pid}/{f}"));
+        if !self.root {
+            std::fs::write(p("setgroups"), "deny")?;
+        }
+        std::fs::write(p("uid_map"), format!("0 {} {}\n", self.uid_base, self.len))?;
+        std::fs::write(p("gid_map"), format!("0 {} {}\n", self.gid_base, self.len))
+    }
+}
+
+/// Answers ns-init's reports until PID 1 says it is confined (or something
+/// failed). Blocking, bounded by a read timeout on the sync socket.
+fn handshake(
+    sync: &mut UnixStream,
+    maps: &IdMaps,
+    cg: Option<&cgroup::SandboxCgroup>,
+) -> Result<(Option<OwnedFd>, Vec<Layer>), String> {
+    use std::io::Write;
+    let _ = sync.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    let mut tap = None;
+    loop {
+        let (report, fd) = next_report(sync, &mut buf)?;
+        match report {
+            Report::Tap => tap = Some(fd.ok_or("ns-init sent no tap descriptor")?),
+            Report::Userns { pid } => {
+                maps.write(pid).map_err(|e| format!("writing the sandbox's id maps: {e}"))?;
+                if let Some(cg) = cg {
+                    cg.add(pid).map_err(|e| format!("moving the sandbox into its cgroup: {e}"))?;
+                }
+                sync.write_all(init::GO).map_err(|e| format!("ns-init went away: {e}"))?;
+            }
+            Report::Confined { layers } => return Ok((tap, layers)),
+            Report::Failed { step, error } => return Err(format!("{step}: {error}")),
+        }
+    }
+}
+
+/// One report line (and the fd that rode with it, if any).
+fn next_report(sync: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(Report, Option<OwnedFd>), String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut fd = None;
+    loop {
+        if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let r = serde_json::from_slice(&line[..i]).map_err(|e| format!("ns-init sent garbage: {e}"))?;
+            return Ok((r, fd));
+        }
+        let mut chunk = [0u8; 4096];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+        let msg = recvmsg::<()>(sync.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| format!("ns-init did not answer: {e}"))?;
+        for c in msg.cmsgs().map_err(|e| format!("ns-init sent garbage: {e}"))? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for f in fds {
+                    // SAFETY: the kernel just gave us this descriptor.
+                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                    fd.get_or_insert(owned);
+                }
+            }
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            return Err("ns-init exited before the sandbox was ready".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The run's first line: which layers hold and which do not.
+fn describe(plan: &Plan, root: bool, uid_base: u32, layers: &[Layer]) -> String {
+    let ids = if root {
+        format!("uid map: root -> host uid {uid_base}..+65535")
+    } else {
+        format!("uid map: root -> your uid {uid_base}")
+    };
+    let fs = match plan.rootfs {
+        RootfsChoice::Image => "filesystem: image rootfs read-only".to_string(),
+        RootfsChoice::Host => "filesystem: host /usr, /bin, /lib*, /etc read-only".to_string(),
+    };
+    let net = if plan.gated() { "network: tap through the egress gate" } else { "network: loopback only" };
+    let mut parts = vec!["pid".to_string(), fs, net.to_string(), ids];
+    for l in layers {
+        parts.push(if l.enforced {
+            format!("{}: {}", l.name, l.detail)
+        } else {
+            format!("{}: NOT enforced ({})", l.name, l.detail)
+        });
+    }
+    format!("namespace ({})", parts.join(", "))
+}
