@@ -1,11 +1,9 @@
 //! Command-line structs only; validation into a Plan lives in plan.rs.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-use crate::plan::NetMode;
-use crate::vm::accel::AccelChoice;
-use crate::vm::control::ControlChoice;
+use crate::plan::{AccelChoice, ControlChoice, NetMode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -165,10 +163,4 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    Auto,
-    Vm,
-    Namespace,
-    LocalAgent,
-}
+pub use crate::plan::Isolation;

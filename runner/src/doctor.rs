@@ -1,7 +1,7 @@
 //! `cordon doctor`: what this machine offers, which control channel and
 //! accelerator cordon would use, and which backend `auto` picks, with why.
 
-use crate::vm::{accel, control, passt, probe};
+use crate::backend::vm::{accel, control, passt, probe};
 
 pub struct Check {
     pub name: &'static str,
@@ -96,10 +96,8 @@ pub fn print() {
     for c in checks() {
         println!("{:<4} {:<14} {}", if c.ok { "ok" } else { "--" }, c.name, c.detail);
     }
-    match accel::resolve(accel::AccelChoice::Auto) {
-        Ok(a) => println!("auto: the microVM backend with {}", a.as_str()),
-        Err(why) => {
-            println!("auto: {why}. The namespace fallback is not built yet, so `cordon run` needs --accel tcg here.")
-        }
+    match crate::backend::select(crate::plan::Isolation::Auto, crate::plan::AccelChoice::Auto) {
+        (crate::backend::Kind::Vm, why) => println!("auto: the microVM backend ({})", why.unwrap_or_default()),
+        (_, why) => println!("auto: the namespace backend, because {}", why.unwrap_or_default()),
     }
 }

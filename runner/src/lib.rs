@@ -18,7 +18,6 @@ pub mod procs;
 pub mod resources;
 pub mod run;
 pub mod term;
-pub mod vm;
 
 /// Target triple of the static guest agent build (scripts/build-agent.sh).
 #[cfg(target_arch = "aarch64")]

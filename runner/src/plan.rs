@@ -4,10 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{Isolation, RunArgs};
+use crate::cli::RunArgs;
 use crate::job::{JobFile, StepFile};
-use crate::vm::accel::AccelChoice;
-use crate::vm::control::ControlChoice;
 
 /// Where the workspace lives in the guest.
 pub const GUEST_WORKSPACE: &str = "/workspace";
@@ -30,6 +28,35 @@ pub enum NetMode {
     /// Everything through the egress gate except metadata, the host's own
     /// addresses and its loopback services.
     Full,
+}
+
+/// Where a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// The VM when a hardware accelerator is usable or `--accel` names one,
+    /// else namespaces (`backend::select` holds the rule).
+    Auto,
+    Vm,
+    Namespace,
+    /// Development only: no isolation at all.
+    LocalAgent,
+}
+
+/// The VM's accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Hvf,
+    Tcg,
+}
+
+/// The VM's control channel to the agent (never the guest network).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControlChoice {
+    Auto,
+    Vsock,
+    Serial,
 }
 
 /// What the namespace backend uses as the sandbox's root filesystem.

@@ -23,7 +23,6 @@ use crate::cli::Isolation;
 use crate::exit;
 use crate::plan::{Plan, Step, GUEST_WORKSPACE};
 use crate::term::say;
-use crate::vm::accel::AccelChoice;
 pub use copy_out::artifact_host_path;
 use output::{Output, Written};
 
@@ -162,7 +161,7 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
     let end = match run_job(&plan, &sandbox, &mut out, &mut watch).await {
         Ok(end) => end,
         Err(RunError::Agent(e, _)) => {
-            let tail = sandbox.console.as_deref().map(|c| crate::vm::console_tail(c, 20)).unwrap_or_default();
+            let tail = sandbox.guard.diagnostics();
             drop(sandbox);
             return Err(RunError::Agent(e, crate::term::sanitize(&tail)));
         }
@@ -387,23 +386,7 @@ async fn recv_signal(s: &mut Option<Signal>) -> Option<()> {
 }
 
 async fn start(plan: &Plan) -> Result<Sandbox, RunError> {
-    let log = |m: &str| say(m);
-    match plan.isolation {
-        Isolation::LocalAgent => Ok(backend::local::start(plan).await?),
-        Isolation::Vm => Ok(crate::vm::start(plan, &log).await?),
-        Isolation::Namespace => Ok(backend::namespace::start(plan, &log).await?),
-        Isolation::Auto => {
-            // An explicitly named accelerator means the VM; otherwise only a
-            // usable hardware one does.
-            let vm_ok = plan.accel != AccelChoice::Auto || crate::vm::accel::resolve(AccelChoice::Auto).is_ok();
-            if vm_ok {
-                return Ok(crate::vm::start(plan, &log).await?);
-            }
-            let why = crate::vm::accel::resolve(AccelChoice::Auto).err().unwrap_or_default();
-            say(&format!("isolation: namespaces, because no hardware accelerator is usable ({why}); --accel tcg runs the VM under emulation"));
-            Ok(backend::namespace::start(plan, &log).await?)
-        }
-    }
+    Ok(backend::start(plan, &|m: &str| say(m)).await?)
 }
 
 async fn sleep_until_opt(d: Option<tokio::time::Instant>) {

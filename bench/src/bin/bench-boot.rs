@@ -55,7 +55,7 @@ fn whole_true(accel: &str) -> Duration {
 /// Bare QEMU: same kernel, initramfs, machine and accelerator, console on a
 /// pipe, no control device; stops at the agent's "listening" line.
 fn bare_boot(accel: &str, kernel: &std::path::Path, initrd: &std::path::Path, extra: &str) -> Duration {
-    let qemu = cordon::vm::probe::qemu_binary().unwrap();
+    let qemu = cordon::backend::vm::probe::qemu_binary().unwrap();
     let t = Instant::now();
     let mut child = Command::new(qemu)
         .args([
@@ -111,7 +111,7 @@ async fn round_trips(accel: &str, control: &str, n: usize) -> (Duration, Duratio
     let mut args = *args;
     args.agent = Some(static_agent());
     let plan = cordon::plan::Plan::from_args(&args).unwrap();
-    let sb = cordon::vm::start(&plan, &|_| {}).await.unwrap();
+    let sb = cordon::backend::vm::start(&plan, &|_| {}).await.unwrap();
     let mut samples = Vec::new();
     for i in 0..n + 10 {
         let t = Instant::now();
@@ -132,7 +132,8 @@ fn main() {
     // Warm the image cache so no run pays for building it.
     assert!(cordon().args(["image", "build"]).stdout(Stdio::null()).status().unwrap().success());
     let img = cordon::image::list().unwrap().into_iter().next().expect("an image");
-    let tsc = cordon::vm::tsc::host_tsc_khz().map(|k| format!("tsc_early_khz={k} tsc=reliable")).unwrap_or_default();
+    let tsc =
+        cordon::backend::vm::tsc::host_tsc_khz().map(|k| format!("tsc_early_khz={k} tsc=reliable")).unwrap_or_default();
     let extra = if a.accel == "tcg" { tsc } else { String::new() };
 
     let (mut firsts, mut wholes, mut bares) = (Vec::new(), Vec::new(), Vec::new());

@@ -73,7 +73,7 @@ async fn run(accel: &str, judge: bool, port: u16, script: &str) -> Duration {
     args.agent = Some(static_agent());
     let mut plan = cordon::plan::Plan::from_args(&args).unwrap();
     plan.bench_gate_passthrough = !judge;
-    let sb = cordon::vm::start(&plan, &|_| {}).await.unwrap();
+    let sb = cordon::backend::vm::start(&plan, &|_| {}).await.unwrap();
     let t = Instant::now();
     let mut h = sb
         .client

@@ -61,7 +61,6 @@ pub async fn start(plan: &Plan) -> Result<Sandbox, BackendError> {
     Ok(Sandbox {
         client,
         description: "local-agent (development backend: NO ISOLATION, steps run as plain host processes)".into(),
-        console: None,
         scratch: scratch.path().to_path_buf(),
         guard: Box::new(Guard { child, _scratch: scratch }),
     })

@@ -3,6 +3,7 @@
 
 pub mod local;
 pub mod namespace;
+pub mod vm;
 
 use crate::agent::{AgentClient, AgentError};
 
@@ -28,13 +29,52 @@ pub enum BackendError {
     Image(#[source] crate::image::ImageError),
 }
 
+/// The backend a plan runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Vm,
+    Namespace,
+    LocalAgent,
+}
+
+/// The one `auto` rule (used by `cordon run` and `cordon doctor`): the VM when
+/// `--accel` names an accelerator or a hardware one is usable, else
+/// namespaces. Returns the choice and, when `auto` made it, why.
+pub fn select(isolation: crate::plan::Isolation, accel: crate::plan::AccelChoice) -> (Kind, Option<String>) {
+    use crate::plan::{AccelChoice, Isolation};
+    match isolation {
+        Isolation::Vm => (Kind::Vm, None),
+        Isolation::Namespace => (Kind::Namespace, None),
+        Isolation::LocalAgent => (Kind::LocalAgent, None),
+        Isolation::Auto if accel != AccelChoice::Auto => {
+            (Kind::Vm, Some(format!("--accel {accel:?} names the VM's accelerator").to_lowercase()))
+        }
+        Isolation::Auto => match vm::accel::resolve(AccelChoice::Auto) {
+            Ok(a) => (Kind::Vm, Some(format!("{} is usable", a.as_str()))),
+            Err(why) => (Kind::Namespace, Some(format!("{why}; --accel tcg runs the VM under emulation instead"))),
+        },
+    }
+}
+
+/// Starts the sandbox the plan asks for.
+pub async fn start(plan: &crate::plan::Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendError> {
+    let (kind, why) = select(plan.isolation, plan.accel);
+    if let (Kind::Namespace, Some(why)) = (kind, &why) {
+        log(&format!("isolation: namespaces, because {why}"));
+    }
+    match kind {
+        Kind::Vm => vm::start(plan, log).await,
+        Kind::Namespace => namespace::start(plan, log).await,
+        Kind::LocalAgent => local::start(plan).await,
+    }
+}
+
 /// A running sandbox with a connected agent.
 pub struct Sandbox {
     pub client: AgentClient,
     /// What the run report says about isolation.
     pub description: String,
     /// The tail of the guest console, for diagnostics when the agent is lost.
-    pub console: Option<std::sync::Arc<crate::vm::console::Console>>,
     /// A private (0700) directory that lives exactly as long as the sandbox
     /// and is removed even when cordon is SIGKILLed: artifacts are spooled
     /// and staged here.
@@ -48,6 +88,12 @@ pub trait SandboxGuard: Send {
     /// The agent acknowledged Shutdown, so the sandbox is ending by itself
     /// and is worth a short wait before being killed.
     fn shutdown_acked(&mut self) {}
+
+    /// What the sandbox said about itself (the VM's console tail, ns-init's
+    /// log), sanitized, for reports when the agent is lost.
+    fn diagnostics(&self) -> String {
+        String::new()
+    }
 }
 
 impl Sandbox {

@@ -54,7 +54,12 @@ struct Guard {
     janitor: Option<Janitor>,
 }
 
-impl super::SandboxGuard for Guard {}
+impl super::SandboxGuard for Guard {
+    fn diagnostics(&self) -> String {
+        let log = self.dir.as_ref().map(|d| crate::backend::vm::console::file_tail(&d.path().join("ns.log"), 20));
+        log.unwrap_or_default()
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -98,7 +103,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         })?;
     }
     let passt_bin = if plan.gated() {
-        Some(crate::vm::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
+        Some(crate::backend::vm::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
     } else {
         None
     };
@@ -194,7 +199,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     layers.extend(confined);
 
     if let (Some(tap), Some(passt_bin)) = (tap, passt_bin) {
-        let (relay, passt, guest_end) = crate::vm::start_gate(plan, &passt_bin, &d, guard.janitor.as_ref())?;
+        let (relay, passt, guest_end) = crate::backend::vm::start_gate(plan, &passt_bin, &d, guard.janitor.as_ref())?;
         guard.relay = relay;
         guard.passt = Some(passt);
         guard.tap_pump = Some(crate::netfilter::tap::pump(tap, guest_end).map_err(spawn_err("tap relay"))?);
@@ -204,7 +209,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let stream = tokio::net::UnixStream::from_std(control_ours).map_err(spawn_err("socketpair"))?;
     let client = AgentClient::connect(stream, &token, Duration::from_secs(20)).await.map_err(BackendError::Connect)?;
     let description = describe(plan, root, uid_base, &layers);
-    Ok(Sandbox { client, description, console: None, scratch: d, guard: Box::new(guard) })
+    Ok(Sandbox { client, description, scratch: d, guard: Box::new(guard) })
 }
 
 struct IdMaps {

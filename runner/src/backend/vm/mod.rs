@@ -111,11 +111,16 @@ struct VmGuard {
     acked: bool,
     relay: Option<crate::netfilter::relay::Relay>,
     passt: Option<tokio::process::Child>,
+    console: Option<std::sync::Arc<console::Console>>,
 }
 
 impl crate::backend::SandboxGuard for VmGuard {
     fn shutdown_acked(&mut self) {
         self.acked = true;
+    }
+
+    fn diagnostics(&self) -> String {
+        self.console.as_deref().map(|c| c.tail(20)).unwrap_or_default()
     }
 }
 
@@ -158,12 +163,6 @@ fn wait_exit(c: &mut tokio::process::Child, limit: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// The last `n` lines of the guest console, for error reports (see
-/// [`console::Console::tail`]).
-pub fn console_tail(c: &console::Console, n: usize) -> String {
-    c.tail(n)
 }
 
 /// A socketpair for the console: cordon's end, and QEMU's end on a high fd
@@ -254,6 +253,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         acked: false,
         relay: None,
         passt: None,
+        console: None,
     };
 
     // The token reaches the guest as a fw_cfg file, never through argv (see
@@ -399,7 +399,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             Net::Gated { .. } => "gated (cordon egress gate -> passt)",
         }
     );
-    Ok(Sandbox { client, description, console: Some(console), scratch: d.clone(), guard: Box::new(guard) })
+    guard.console = Some(console);
+    Ok(Sandbox { client, description, scratch: d.clone(), guard: Box::new(guard) })
 }
 
 async fn connect_once(control: &Control, dir: &Path) -> std::io::Result<Option<Box<dyn Io>>> {

@@ -17,12 +17,7 @@ const ATTEMPT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(5
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ControlChoice {
-    Auto,
-    Vsock,
-    Serial,
-}
+pub use crate::plan::ControlChoice;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlKind {

@@ -5,13 +5,7 @@
 
 use super::args::Accel;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AccelChoice {
-    Auto,
-    Kvm,
-    Hvf,
-    Tcg,
-}
+pub use crate::plan::AccelChoice;
 
 /// Whether KVM is usable, and if not, why.
 pub fn kvm_status() -> Result<(), String> {
