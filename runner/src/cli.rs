@@ -96,6 +96,15 @@ pub struct RunArgs {
     /// Guest image (only `default`: Debian's cloud kernel, busybox, the agent)
     #[arg(long)]
     pub image: Option<String>,
+    /// Namespace layers that must be in force, else nothing runs (exit 121):
+    /// filesystem, pid, network, uid-map, no-new-privs, rlimits, landlock,
+    /// capabilities, seccomp, cgroup-pids, cgroup-memory, cgroup-cpu, or
+    /// cgroup (all three). The VM's boundary is the hypervisor; it ignores this
+    #[arg(long, value_name = "LAYER,...")]
+    pub require: Vec<String>,
+    /// Require every namespace layer (as --require all)
+    #[arg(long)]
+    pub strict: bool,
     /// Root filesystem of a namespace sandbox: image (the image's rootfs) or
     /// host (the host's /usr, /bin, /lib*, /etc read-only, without
     /// /etc/shadow, /root, /home or your credentials)

@@ -96,6 +96,12 @@ pub fn print() {
     for c in checks() {
         println!("{:<4} {:<14} {}", if c.ok { "ok" } else { "--" }, c.name, c.detail);
     }
+    println!("namespace layers (what --isolation namespace enforces here; --require/--strict demand them):");
+    let mem = crate::resources::step_memory_max(crate::resources::default_memory_mib());
+    for l in crate::backend::namespace::probe_layers(mem) {
+        let name = crate::backend::namespace::layers::canonical(&l.name);
+        println!("{:<4} {:<14} {}", if l.enforced { "ok" } else { "--" }, name, l.detail);
+    }
     match crate::backend::select(crate::plan::Isolation::Auto, crate::plan::AccelChoice::Auto) {
         (crate::backend::Kind::Vm, why) => println!("auto: the microVM backend ({})", why.unwrap_or_default()),
         (_, why) => println!("auto: the namespace backend, because {}", why.unwrap_or_default()),

@@ -81,6 +81,9 @@ pub struct Plan {
     pub net_log: Option<PathBuf>,
     pub image: String,
     pub rootfs: RootfsChoice,
+    /// Namespace layers that must be in force (`--require`, `--strict`),
+    /// canonical names; the sandbox refuses to run a step otherwise.
+    pub required_layers: Vec<String>,
     pub cpus: u32,
     pub memory_mib: u64,
     /// Most tasks each step may hold at once (guest cgroup `pids.max`);
@@ -319,6 +322,12 @@ impl Plan {
         if a.rootfs == RootfsChoice::Host && a.isolation != Isolation::Namespace {
             return Err(PlanError::HostRootfsInVm);
         }
+        let mut required = a.require.clone();
+        if a.strict {
+            required.push("all".into());
+        }
+        let required_layers = crate::backend::namespace::layers::parse_required(&required)
+            .map_err(|why| PlanError::BadValue { what: "--require".into(), why })?;
         let steps = if a.command.is_empty() {
             if file.steps.is_empty() {
                 return Err(PlanError::NoCommand);
@@ -407,6 +416,7 @@ impl Plan {
             net_log: a.net_log.clone(),
             image,
             rootfs: a.rootfs,
+            required_layers,
             cpus,
             memory_mib,
             pids_max,

@@ -57,11 +57,21 @@ fn test_cli_exit_codes_for_failures() {
 }
 
 #[test]
-fn test_cli_auto_refuses_to_run_unisolated() {
-    let out = cordon().args(["run", "--", "true"]).stdin(Stdio::null()).output().unwrap();
-    assert_eq!(out.status.code(), Some(121));
+fn test_cli_auto_falls_back_to_namespaces_and_says_why() {
+    // These machines have no usable hardware accelerator (DESIGN.md): auto
+    // must pick the namespace backend, say why, and list its layers.
+    let out = cordon().args(["run", "--", "sh", "-c", "echo in-auto"]).stdin(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not available"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(out.stdout, b"in-auto\n");
+    assert!(err.contains("isolation: namespaces, because"), "{err}");
+    assert!(err.contains("seccomp:") && err.contains("landlock:"), "{err}");
+    // Strict runs refuse an unknown layer before anything runs.
+    let out = cordon().args(["run", "--require", "selinux", "--", "true"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(120));
+    // And --strict passes here, where every layer is in force.
+    let out = cordon().args(["run", "--strict", "--", "true"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub fn select(isolation: crate::plan::Isolation, accel: crate::plan::AccelChoice
         }
         Isolation::Auto => match vm::accel::resolve(AccelChoice::Auto) {
             Ok(a) => (Kind::Vm, Some(format!("{} is usable", a.as_str()))),
-            Err(why) => (Kind::Namespace, Some(format!("{why}; --accel tcg runs the VM under emulation instead"))),
+            Err(why) => (Kind::Namespace, Some(why)),
         },
     }
 }

@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod confine;
 pub mod init;
+pub mod layers;
 pub mod sys;
 pub mod tap;
 
@@ -179,7 +180,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     guard.init = Some(child);
 
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
-    let (cg, mut layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &token[..12]), &limits);
+    let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &token[..12]), &limits);
     guard.cgroup = cg;
 
     let mut line = serde_json::to_vec(&spec).expect("spec serializes");
@@ -196,7 +197,12 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             return Err(BackendError::Boot { why, console: crate::term::sanitize(console.trim()) });
         }
     };
-    layers.extend(confined);
+    let mut all = core_layers(plan, root, uid_base);
+    all.extend(confined);
+    all.extend(layers);
+    let layers = all;
+    layers::check(&plan.required_layers, &layers)
+        .map_err(|why| BackendError::Unavailable("namespace", format!("{why} (--require/--strict); nothing ran")))?;
 
     if let (Some(tap), Some(passt_bin)) = (tap, passt_bin) {
         let (relay, passt, guest_end) = crate::backend::vm::start_gate(plan, &passt_bin, &d, guard.janitor.as_ref())?;
@@ -208,7 +214,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     control_ours.set_nonblocking(true).map_err(spawn_err("socketpair"))?;
     let stream = tokio::net::UnixStream::from_std(control_ours).map_err(spawn_err("socketpair"))?;
     let client = AgentClient::connect(stream, &token, Duration::from_secs(20)).await.map_err(BackendError::Connect)?;
-    let description = describe(plan, root, uid_base, &layers);
+    let description = describe(&layers);
     Ok(Sandbox { client, description, scratch: d, guard: Box::new(guard) })
 }
 
@@ -290,25 +296,68 @@ fn next_report(sync: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(Report, Opti
     }
 }
 
-/// The run's first line: which layers hold and which do not.
-fn describe(plan: &Plan, root: bool, uid_base: u32, layers: &[Layer]) -> String {
-    let ids = if root {
-        format!("uid map: root -> host uid {uid_base}..+65535")
-    } else {
-        format!("uid map: root -> your uid {uid_base}")
-    };
+/// The layers the namespaces themselves give (the rest come from ns-init's
+/// confinement and the cgroup).
+fn core_layers(plan: &Plan, root: bool, uid_base: u32) -> Vec<Layer> {
     let fs = match plan.rootfs {
-        RootfsChoice::Image => "filesystem: image rootfs read-only".to_string(),
-        RootfsChoice::Host => "filesystem: host /usr, /bin, /lib*, /etc read-only".to_string(),
+        RootfsChoice::Image => "the image's rootfs, read-only; writable: /workspace, /tmp, /run",
+        RootfsChoice::Host => "the host's /usr, /bin, /lib*, /etc read-only (no /root, /home, /etc/shadow)",
     };
-    let net = if plan.gated() { "network: tap through the egress gate" } else { "network: loopback only" };
-    let mut parts = vec!["pid".to_string(), fs, net.to_string(), ids];
-    for l in layers {
-        parts.push(if l.enforced {
-            format!("{}: {}", l.name, l.detail)
-        } else {
-            format!("{}: NOT enforced ({})", l.name, l.detail)
-        });
-    }
-    format!("namespace ({})", parts.join(", "))
+    let net = if plan.gated() { "a tap through the egress gate" } else { "loopback only" };
+    let ids = if root {
+        format!("root -> host uid {uid_base}..{}", uid_base + 0xffff)
+    } else {
+        format!("root -> your uid {uid_base}")
+    };
+    vec![
+        Layer::new("filesystem", true, fs),
+        Layer::new("pid", true, "own PID namespace, the agent is PID 1"),
+        Layer::new("network", true, net),
+        Layer { name: "uid-map".into(), enforced: true, detail: ids },
+    ]
+}
+
+/// What `--isolation namespace` would enforce on this machine, for `cordon
+/// doctor`: the namespaces, the confinement this kernel supports, and a
+/// real (immediately removed) sandbox cgroup.
+pub fn probe_layers(plan_memory: u64) -> Vec<Layer> {
+    let root = nix::unistd::geteuid().is_root();
+    let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_none_or(|n| n > 0);
+    let mut v = vec![
+        Layer::new(
+            "filesystem",
+            userns,
+            if userns { "read-only root, writable /workspace, /tmp, /run" } else { "user namespaces are disabled" },
+        ),
+        Layer::new("pid", userns, if userns { "own PID namespace" } else { "user namespaces are disabled" }),
+        match tun_usable() {
+            Ok(()) => {
+                Layer::new("network", true, "none/off: loopback only; full and rules: a tap through the egress gate")
+            }
+            Err(why) => Layer {
+                name: "network".into(),
+                enforced: true,
+                detail: format!("loopback only; --net full and rules fail closed ({why})"),
+            },
+        },
+        Layer::new(
+            "uid-map",
+            userns,
+            if root { "root -> an unprivileged host uid range" } else { "root -> your own uid" },
+        ),
+    ];
+    v.extend(confine::probe());
+    let limits = cgroup::Limits { pids_max: crate::resources::DEFAULT_PIDS, memory_max: plan_memory, cpus: 1 };
+    let (cg, cg_layers) = cgroup::SandboxCgroup::create(&format!("cordon-doctor-{}", std::process::id()), &limits);
+    drop(cg);
+    v.extend(cg_layers);
+    v
+}
+
+/// The run's first line: every layer, enforced or not.
+fn describe(layers: &[Layer]) -> String {
+    format!("namespace ({})", layers::summary(layers))
 }
