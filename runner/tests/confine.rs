@@ -82,6 +82,7 @@ const CHECKS: &[(&str, Expect, Expect)] = &[
     ("write_inside", Works, Works),
     ("mkdir_and_rename_inside", Works, Works),
     ("write_dev_null", Works, Works),
+    ("write_pipe_by_proc_fd", Works, Works),
     ("mkdir_in_dev", Errno(EACCES), Skip),
     ("caps_all_zero", Works, False),
     ("no_new_privs_set", Works, False),
@@ -386,6 +387,14 @@ fn attempt(name: &str, dir: &Path) -> i32 {
                 rc(libc::rename(c(ws.join("f")).as_ptr(), c(ws.join("d/f")).as_ptr()) as _)
             }
             "write_dev_null" => open_write(Path::new("/dev/null"), 0),
+            // What `> /dev/stdout` does when stdout is a pipe.
+            "write_pipe_by_proc_fd" => {
+                let mut fds = [0; 2];
+                if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                    return 1;
+                }
+                open_write(Path::new(&format!("/proc/self/fd/{}", fds[1])), 0)
+            }
             "mkdir_in_dev" => {
                 let p = c("/dev/cordon-confine-test");
                 let r = rc(libc::mkdir(p.as_ptr(), 0o700) as _);

@@ -206,6 +206,15 @@ fn locate(proc_cgroup: &str, mountinfo: &str) -> Located {
     out
 }
 
+/// A hint for a v2 directory this user may not write.
+fn not_delegated(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        " (not delegated to this user: run cordon under systemd-run --user --scope -p Delegate=yes)"
+    } else {
+        ""
+    }
+}
+
 /// The pids listed in a `cgroup.procs` text.
 fn pids_in(text: &str) -> Vec<i32> {
     text.split_whitespace().filter_map(|s| s.parse().ok()).collect()
@@ -313,7 +322,7 @@ impl<F: CgroupFs> SandboxCgroup<F> {
                 Err(e) => {
                     for c in &enabled {
                         if let Some(slot) = report.slot(*c) {
-                            *slot = Err(format!("v2: creating {}: {e}", dir.display()));
+                            *slot = Err(format!("v2: creating {}: {e}{}", dir.display(), not_delegated(&e)));
                         }
                     }
                 }
@@ -404,7 +413,7 @@ impl<F: CgroupFs> SandboxCgroup<F> {
             match self.fs.mkdir(&leaf) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(format!("v2: creating {}: {e}", leaf.display())),
+                Err(e) => return Err(format!("v2: creating {}: {e}{}", leaf.display(), not_delegated(&e))),
             }
             self.fs
                 .write(&leaf.join("cgroup.procs"), &own.to_string())

@@ -200,6 +200,27 @@ fn test_create_v2_other_processes_block_limits_but_keep_kill() {
 }
 
 #[test]
+fn test_create_v2_unwritable_cgroup_says_how_to_delegate() {
+    let mut fake = Fake::new(
+        "0::/user.slice/app.slice/run-u1.scope\n",
+        V2_MOUNTINFO,
+        &[
+            (&format!("{V2_SCOPE}/cgroup.controllers"), "cpu memory pids"),
+            (&format!("{V2_SCOPE}/cgroup.procs"), "100\n"),
+        ],
+        &[],
+    );
+    fake.fail.insert(format!("{V2_SCOPE}/cordon-runner").into(), libc::EACCES);
+    fake.fail.insert(format!("{V2_SCOPE}/cordon-abc").into(), libc::EACCES);
+    let fs = Arc::new(fake);
+    let (cg, layers) = create(&fs, &LIMITS);
+    assert!(cg.is_none());
+    for l in &layers {
+        assert!(!l.enforced && l.detail.contains("cordon-runner") && l.detail.contains("Delegate=yes"), "{l:?}");
+    }
+}
+
+#[test]
 fn test_create_v2_undelegated_controller_is_reported() {
     let fs = v2_fake("/user.slice/app.slice/run-u1.scope", "memory pids", "memory pids", "");
     let (_cg, layers) = create(&fs, &LIMITS);

@@ -230,8 +230,7 @@ pub(super) fn programs(allow_raw_sockets: bool) -> Result<Vec<(&'static str, Bpf
 
 fn summary(allow_raw_sockets: bool) -> String {
     let t = table(allow_raw_sockets);
-    let mut names: Vec<&str> = t.iter().map(|d| d.syscall).collect();
-    names.dedup();
+    let names: std::collections::BTreeSet<&str> = t.iter().map(|d| d.syscall).collect();
     let raw = if allow_raw_sockets { "raw sockets allowed by the policy" } else { "raw and packet sockets denied" };
     format!(
         "{} system calls denied or narrowed (mounts, ptrace-likes, kexec/modules, bpf, perf, keyrings, userfaultfd, \
