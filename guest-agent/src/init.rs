@@ -10,36 +10,7 @@ use std::path::Path;
 /// File in the initramfs listing module paths to load, one per line.
 pub const MODULES_FILE: &str = "/etc/cordon/modules";
 
-/// Settings read from the kernel command line (`cordon.*=`).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BootParams {
-    pub listen: Option<String>,
-    pub modules: Vec<String>,
-    pub hostname: Option<String>,
-    /// `cordon.net=ADDR4/LEN,GW4,DNS[,ADDR6/LEN,GW6][,mtu=N]`: static guest network.
-    pub net: Option<String>,
-    /// `cordon.halt=reboot`: end with a reboot (QEMU `-no-reboot` exits) rather
-    /// than an ACPI power-off, for machines without ACPI.
-    pub reboot_to_halt: bool,
-}
-
-pub fn parse_cmdline(cmdline: &str) -> BootParams {
-    let mut p = BootParams::default();
-    for word in cmdline.split_whitespace() {
-        let Some((k, v)) = word.split_once('=') else {
-            continue;
-        };
-        match k {
-            "cordon.listen" => p.listen = Some(v.to_string()),
-            "cordon.modules" => p.modules = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
-            "cordon.hostname" => p.hostname = Some(v.to_string()),
-            "cordon.halt" => p.reboot_to_halt = v == "reboot",
-            "cordon.net" => p.net = Some(v.to_string()),
-            _ => {}
-        }
-    }
-    p
-}
+pub use cordon_protocol::boot::BootParams;
 
 fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
     let _ = std::fs::create_dir_all(target);
@@ -190,16 +161,11 @@ pub fn loopback_up() {
 
 /// Configures the first non-loopback interface from a `cordon.net` spec
 /// with busybox `ip`, and writes /etc/resolv.conf.
-pub fn configure_net(spec: &str) {
-    // `mtu=N` may follow the addresses: the gate refuses larger frames, so
-    // the interface must not send them (virtio-net's default is 1500 too,
-    // but the gate's limit should not rest on a default).
-    let mtu = spec.split(',').find_map(|p| p.strip_prefix("mtu="));
-    let parts: Vec<&str> = spec.split(',').filter(|p| !p.starts_with("mtu=")).collect();
-    if parts.len() < 3 {
-        tracing::warn!(spec, "bad cordon.net");
-        return;
-    }
+pub fn configure_net(spec: &cordon_protocol::boot::NetSpec) {
+    // The MTU is explicit: the gate refuses larger frames, so the interface
+    // must not send them (virtio-net's default is 1500 too, but the gate's
+    // limit should not rest on a default).
+    let mtu = spec.mtu.map(|m| m.to_string());
     let mut dev = None;
     for _ in 0..200 {
         dev = std::fs::read_dir("/sys/class/net")
@@ -225,18 +191,18 @@ pub fn configure_net(spec: &str) {
             tracing::warn!(?args, "ip command failed");
         }
     };
-    if let Some(mtu) = mtu {
+    if let Some(mtu) = &mtu {
         ip(&["link", "set", &dev, "mtu", mtu]);
     }
     ip(&["link", "set", &dev, "up"]);
-    ip(&["addr", "add", parts[0], "dev", &dev]);
-    ip(&["route", "add", "default", "via", parts[1]]);
-    if parts.len() >= 5 {
-        ip(&["-6", "addr", "add", parts[3], "dev", &dev]);
-        ip(&["-6", "route", "add", "default", "via", parts[4]]);
+    ip(&["addr", "add", &spec.addr4, "dev", &dev]);
+    ip(&["route", "add", "default", "via", &spec.gateway4]);
+    if let Some((addr6, gw6)) = &spec.v6 {
+        ip(&["-6", "addr", "add", addr6, "dev", &dev]);
+        ip(&["-6", "route", "add", "default", "via", gw6]);
     }
     let _ = std::fs::create_dir_all("/etc");
-    let _ = std::fs::write("/etc/resolv.conf", format!("nameserver {}\n", parts[2]));
+    let _ = std::fs::write("/etc/resolv.conf", format!("nameserver {}\n", spec.dns));
 }
 
 /// Seconds since kernel start, from /proc/uptime.
@@ -264,17 +230,6 @@ pub fn power_off(reboot: bool) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_parse_cmdline_table() {
-        let p = parse_cmdline("console=ttyS0 quiet cordon.listen=vsock:1024 cordon.token=abc cordon.modules=a.ko,b/c.ko, cordon.halt=reboot");
-        assert_eq!(p.listen.as_deref(), Some("vsock:1024"));
-        assert_eq!(p.modules, vec!["a.ko".to_string(), "b/c.ko".to_string()]);
-        assert!(p.reboot_to_halt);
-        assert_eq!(parse_cmdline(""), BootParams::default());
-        // The token never comes from the command line (token.rs).
-        assert_eq!(parse_cmdline("cordon.listen cordon.token=abc"), BootParams::default());
-    }
 
     #[test]
     fn test_module_params() {

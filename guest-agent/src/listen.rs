@@ -15,7 +15,7 @@ use crate::fdio::FdIo;
 use crate::server::{serve, Agent, Outcome};
 
 /// Printed on the console once the vsock listener is up.
-pub const LISTENING_MARKER: &str = "cordon-agent: listening on";
+pub use cordon_protocol::boot::LISTENING_MARKER;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {

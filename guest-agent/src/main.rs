@@ -41,7 +41,7 @@ fn main() {
     let t0 = Instant::now();
     // PID 1 of a VM sets the machine up; PID 1 of a namespace sandbox (cordon's
     // ns-init built it) is a plain server that also reaps orphans.
-    let pid1 = std::process::id() == 1 && std::env::var_os("CORDON_AGENT_MODE").is_none();
+    let pid1 = std::process::id() == 1 && std::env::var_os(cordon_protocol::boot::MODE_ENV).is_none();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -88,7 +88,7 @@ fn pid1_main(t0: Instant) -> ! {
     init::protect_from_oom();
     let kernel_ms = init::uptime_ms().map(|u| u.saturating_sub(t0.elapsed().as_millis() as u64));
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let params = init::parse_cmdline(&cmdline);
+    let params = init::BootParams::parse(&cmdline);
     init::load_modules(&init::module_list(&params), &cmdline);
     init::set_hostname(params.hostname.as_deref().unwrap_or("cordon"));
     init::loopback_up();

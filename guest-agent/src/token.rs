@@ -7,22 +7,25 @@
 
 use std::time::{Duration, Instant};
 
-/// Where the `qemu_fw_cfg` driver shows the runner's `-fw_cfg name=opt/cordon/token`.
-pub const FW_CFG_TOKEN: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/cordon/token/raw";
+/// Where the guest sees the fw_cfg item `boot::TOKEN_FW_CFG`.
+pub fn fw_cfg_path() -> String {
+    format!("/sys/firmware/qemu_fw_cfg/by_name/{}/raw", cordon_protocol::boot::TOKEN_FW_CFG)
+}
 
 /// The environment variable the runner's local backend sets.
-pub const ENV_TOKEN: &str = "CORDON_AGENT_TOKEN";
+pub const ENV_TOKEN: &str = cordon_protocol::boot::TOKEN_ENV;
 
 /// The token from fw_cfg, waiting briefly for the driver (loaded with the
 /// other modules just before) to populate sysfs. None when it never does.
 pub fn from_fw_cfg() -> Option<String> {
     let until = Instant::now() + Duration::from_secs(2);
     loop {
-        match std::fs::read(FW_CFG_TOKEN) {
+        let path = fw_cfg_path();
+        match std::fs::read(&path) {
             Ok(b) => return parse(&b),
             Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => {
-                eprintln!("cordon-agent: no token in fw_cfg ({FW_CFG_TOKEN}: {e}); no runner can connect");
+                eprintln!("cordon-agent: no token in fw_cfg ({path}: {e}); no runner can connect");
                 return None;
             }
         }

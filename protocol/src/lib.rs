@@ -3,6 +3,7 @@
 //! works over any `AsyncRead + AsyncWrite` (vsock, virtio-serial, Unix sockets).
 
 pub mod archive;
+pub mod boot;
 pub mod frame;
 pub mod message;
 pub mod window;

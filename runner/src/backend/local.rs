@@ -32,7 +32,7 @@ impl Drop for Guard {
 pub fn agent_command(agent: &Path, conn: &impl AsRawFd, token: &str) -> std::process::Command {
     let fd = conn.as_raw_fd();
     let mut cmd = std::process::Command::new(agent);
-    cmd.arg("--listen").arg("fd:3").env("CORDON_AGENT_TOKEN", token).stdin(std::process::Stdio::null());
+    cmd.arg("--listen").arg("fd:3").env(cordon_protocol::boot::TOKEN_ENV, token).stdin(std::process::Stdio::null());
     crate::procs::pass_fd(&mut cmd, fd, 3);
     crate::procs::die_with_parent(&mut cmd);
     cmd

@@ -28,8 +28,14 @@ pub const GUEST_MTU: usize = 1500;
 /// The gated guest network as the agent's `cordon.net` spec: address, gateway,
 /// DNS, IPv6 address and gateway, MTU. The VM passes it on the kernel
 /// command line; the namespace backend configures its tap with it.
-pub fn guest_net_spec() -> String {
-    format!("{GUEST_V4}/24,{GATEWAY_V4},{DNS_V4},{GUEST_V6}/64,{GATEWAY_V6},mtu={GUEST_MTU}")
+pub fn guest_net_spec() -> cordon_protocol::boot::NetSpec {
+    cordon_protocol::boot::NetSpec {
+        addr4: format!("{GUEST_V4}/24"),
+        gateway4: GATEWAY_V4.to_string(),
+        dns: DNS_V4.to_string(),
+        v6: Some((format!("{GUEST_V6}/64"), GATEWAY_V6.to_string())),
+        mtu: Some(GUEST_MTU as u32),
+    }
 }
 
 /// Addresses that reach the host itself: every interface's own address and,

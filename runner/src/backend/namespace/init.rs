@@ -25,6 +25,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use super::sys::{self, RootPlan};
+use cordon_protocol::boot;
 
 /// The control connection's fd in the sandbox (the agent serves it).
 pub const CONTROL_FD: i32 = 3;
@@ -238,9 +239,9 @@ fn exec_agent(agent: &str, token: &str) -> ! {
     let argv = [c("cordon-agent"), c("--listen"), c(&format!("fd:{CONTROL_FD}")), c("--spool-dir"), c("/run/cordon")];
     let env = [
         c(&format!("PATH={}", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")),
-        c("CORDON_AGENT_MODE=namespace"),
+        c(&format!("{}={}", boot::MODE_ENV, boot::MODE_NAMESPACE)),
         c("CORDON_AGENT_LOG=warn"),
-        CString::new(format!("CORDON_AGENT_TOKEN={token}")).unwrap_or_else(|_| c("CORDON_AGENT_TOKEN=")),
+        CString::new(format!("{}={token}", boot::TOKEN_ENV)).unwrap_or_else(|_| c("CORDON_AGENT_TOKEN=")),
     ];
     let e = nix::unistd::execve(&c(agent), &argv, &env).unwrap_err();
     eprintln!("cordon __ns-init: exec {agent}: {e}");

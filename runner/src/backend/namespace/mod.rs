@@ -153,7 +153,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         agent: agent.clone(),
         busybox: rootfs.join("bin/busybox"),
         resolv,
-        tap: plan.gated().then(crate::netfilter::guest_net_spec),
+        tap: plan.gated().then(|| crate::netfilter::guest_net_spec().to_string()),
         hostname: "cordon".into(),
         stage,
         token: token.clone(),

@@ -54,22 +54,18 @@ pub fn loopback_up() {
 /// The `ip` commands that give `dev` the guest's addresses, routes and MTU
 /// from a `cordon.net` spec (`ADDR4/LEN,GW4,DNS[,ADDR6/LEN,GW6][,mtu=N]`).
 pub fn ip_commands(dev: &str, spec: &str) -> io::Result<Vec<Vec<String>>> {
-    let mtu = spec.split(',').find_map(|p| p.strip_prefix("mtu="));
-    let parts: Vec<&str> = spec.split(',').filter(|p| !p.starts_with("mtu=")).collect();
-    if parts.len() < 3 {
-        return Err(io::Error::other(format!("bad network spec {spec:?}")));
-    }
+    let n: cordon_protocol::boot::NetSpec = spec.parse().map_err(io::Error::other)?;
     let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut out = Vec::new();
-    if let Some(m) = mtu {
-        out.push(v(&["link", "set", dev, "mtu", m]));
+    if let Some(m) = n.mtu {
+        out.push(v(&["link", "set", dev, "mtu", &m.to_string()]));
     }
     out.push(v(&["link", "set", dev, "up"]));
-    out.push(v(&["addr", "add", parts[0], "dev", dev]));
-    out.push(v(&["route", "add", "default", "via", parts[1]]));
-    if parts.len() >= 5 {
-        out.push(v(&["-6", "addr", "add", parts[3], "dev", dev]));
-        out.push(v(&["-6", "route", "add", "default", "via", parts[4]]));
+    out.push(v(&["addr", "add", &n.addr4, "dev", dev]));
+    out.push(v(&["route", "add", "default", "via", &n.gateway4]));
+    if let Some((addr6, gw6)) = &n.v6 {
+        out.push(v(&["-6", "addr", "add", addr6, "dev", dev]));
+        out.push(v(&["-6", "route", "add", "default", "via", gw6]));
     }
     Ok(out)
 }

@@ -83,7 +83,7 @@ pub struct VmConfig {
 }
 
 /// The fw_cfg item name the agent reads its token from (its token.rs).
-pub const TOKEN_FW_CFG: &str = "opt/cordon/token";
+pub use cordon_protocol::boot::TOKEN_FW_CFG;
 
 fn os(v: &[&str]) -> Vec<OsString> {
     v.iter().map(OsString::from).collect()
@@ -220,7 +220,8 @@ pub fn kernel_cmdline(machine: Machine, listen: &str) -> String {
     let console = if machine == Machine::Virt { "ttyAMA0" } else { "ttyS0" };
     format!(
         "console={console} panic=-1 reboot=t quiet loglevel=4 8250.nr_uarts=1 \
-         random.trust_cpu=on cordon.listen={listen}"
+         random.trust_cpu=on {}",
+        cordon_protocol::boot::BootParams { listen: Some(listen.to_string()), ..Default::default() }.render()
     )
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub const RING_BYTES: usize = 256 * 1024;
 
 /// Must match the agent's `listen::LISTENING_MARKER`.
-pub const AGENT_LISTENING: &str = "cordon-agent: listening on";
+pub use cordon_protocol::boot::LISTENING_MARKER as AGENT_LISTENING;
 
 /// Console lines that mean the guest is gone for good.
 pub const PANIC_MARKERS: &[&str] = &["Kernel panic", "end Kernel panic", "cordon-agent: panic as PID 1"];

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The agent's vsock port.
-pub const AGENT_PORT: u32 = 1024;
+pub use cordon_protocol::boot::AGENT_PORT;
 /// The agent's virtio-serial port name.
-pub const SERIAL_NAME: &str = "org.cordon.agent";
+pub use cordon_protocol::boot::SERIAL_NAME;
 
 /// How long one hybrid-vsock CONNECT may wait for its answer.
 const ATTEMPT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);

@@ -318,11 +318,20 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     };
     let net_param = match net {
         Net::Off => String::new(),
-        Net::UserRestricted => format!(" cordon.net={GUEST_V4}/24,{GATEWAY_V4},{DNS_V4}"),
-        Net::Gated { .. } => format!(
-            " cordon.net={GUEST_V4}/24,{GATEWAY_V4},{DNS_V4},{GUEST_V6}/64,{GATEWAY_V6},mtu={}",
-            crate::netfilter::GUEST_MTU
-        ),
+        Net::UserRestricted => {
+            let spec = cordon_protocol::boot::NetSpec {
+                addr4: format!("{GUEST_V4}/24"),
+                gateway4: GATEWAY_V4.to_string(),
+                dns: DNS_V4.to_string(),
+                v6: None,
+                mtu: None,
+            };
+            format!(" {}", cordon_protocol::boot::BootParams { net: Some(spec), ..Default::default() }.render())
+        }
+        Net::Gated { .. } => {
+            let net = Some(crate::netfilter::guest_net_spec());
+            format!(" {}", cordon_protocol::boot::BootParams { net, ..Default::default() }.render())
+        }
     };
     let cfg = VmConfig {
         machine,
