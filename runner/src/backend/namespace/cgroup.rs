@@ -268,6 +268,9 @@ impl SandboxCgroup<RealFs> {
     /// Creates the sandbox's cgroup `name` (one path component) beside this
     /// process's own, with `limits`. The layers say, per controller, what
     /// holds and why not; `None` when no directory could be made at all.
+    /// On v2 this may move cordon itself (the whole process) into
+    /// `<its cgroup>/cordon-runner`, where it then stays: the v2 rule that a
+    /// cgroup handing controllers to children holds no processes itself.
     pub fn create(name: &str, limits: &Limits) -> (Option<SandboxCgroup>, Vec<Layer>) {
         SandboxCgroup::create_with(RealFs, name, limits)
     }

@@ -1,9 +1,10 @@
 //! The last hardening of the sandbox's PID 1 before it execs the agent:
 //! no_new_privs, rlimits, Landlock, no capabilities, and a seccomp filter,
-//! in that order (the filter last: it denies nothing the earlier steps need,
-//! but it is the one that must see the final state). Everything is inherited
-//! by the agent and every step it spawns. `probe` says what `apply` would put
-//! in force on this kernel without touching the calling process.
+//! in that order: no_new_privs first (Landlock and seccomp need it without
+//! CAP_SYS_ADMIN), the capabilities after Landlock and the securebits (which
+//! need CAP_SETPCAP), the filter last so it binds only the agent and what it
+//! spawns, which inherit all of it. `probe` says what `apply` would put in
+//! force on this kernel without touching the calling process.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
