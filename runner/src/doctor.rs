@@ -1,7 +1,8 @@
 //! `cordon doctor`: what this machine offers, which control channel and
 //! accelerator cordon would use, and which backend `auto` picks, with why.
 
-use crate::backend::vm::{accel, control, passt, probe};
+use crate::backend::vm::{accel, control, probe};
+use crate::netfilter::passt;
 
 pub struct Check {
     pub name: &'static str,

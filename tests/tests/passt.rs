@@ -94,8 +94,8 @@ fn test_passt_cordon_build_is_used_and_new_enough() {
     let doctor = String::from_utf8_lossy(&out.stdout);
     let line = doctor.lines().find(|l| l.contains(" passt ")).unwrap_or_default();
     assert!(
-        line.starts_with("ok") && line.contains(cordon::backend::vm::passt::CORDON_PASST),
+        line.starts_with("ok") && line.contains(cordon::netfilter::passt::CORDON_PASST),
         "scripts/setup.sh installs passt into {}: {doctor}",
-        cordon::backend::vm::passt::CORDON_PASST
+        cordon::netfilter::passt::CORDON_PASST
     );
 }

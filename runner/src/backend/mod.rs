@@ -69,6 +69,25 @@ pub async fn start(plan: &crate::plan::Plan, log: &dyn Fn(&str)) -> Result<Sandb
     }
 }
 
+/// The gated link for `plan` (see `netfilter::gated`).
+pub(crate) fn gated_link(
+    plan: &crate::plan::Plan,
+    passt: &std::path::Path,
+    dir: &std::path::Path,
+    janitor: Option<&crate::janitor::Janitor>,
+) -> Result<(crate::netfilter::gated::GatedLink, std::os::unix::net::UnixStream), BackendError> {
+    let cfg = crate::netfilter::gated::LinkConfig {
+        policy: crate::policy::Policy::new(plan.rules.clone(), plan.net == crate::plan::NetMode::Full),
+        passt,
+        dir,
+        janitor,
+        net_log: plan.net_log.clone(),
+        passthrough: plan.bench_gate_passthrough,
+    };
+    crate::netfilter::gated::GatedLink::start(cfg)
+        .map_err(|e| BackendError::Spawn { what: e.what.to_string(), source: e.source })
+}
+
 /// A running sandbox with a connected agent.
 pub struct Sandbox {
     pub client: AgentClient,

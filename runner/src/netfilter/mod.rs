@@ -6,9 +6,11 @@
 pub mod audit;
 pub mod dns;
 pub mod gate;
+pub mod gated;
 pub mod link;
 pub mod names;
 pub mod packet;
+pub mod passt;
 pub mod relay;
 pub mod tap;
 

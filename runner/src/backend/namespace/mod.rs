@@ -47,8 +47,7 @@ pub fn tun_usable() -> Result<(), String> {
 
 struct Guard {
     init: Option<tokio::process::Child>,
-    relay: Option<crate::netfilter::relay::Relay>,
-    passt: Option<tokio::process::Child>,
+    link: Option<crate::netfilter::gated::GatedLink>,
     tap_pump: Option<tokio::task::JoinHandle<()>>,
     cgroup: Option<cgroup::SandboxCgroup>,
     dir: Option<tempfile::TempDir>,
@@ -79,10 +78,7 @@ impl Drop for Guard {
         if let Some(t) = self.tap_pump.take() {
             t.abort();
         }
-        drop(self.relay.take());
-        if let Some(mut p) = self.passt.take() {
-            let _ = p.start_kill();
-        }
+        drop(self.link.take());
         drop(self.cgroup.take());
         drop(self.dir.take());
         drop(self.janitor.take());
@@ -104,7 +100,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         })?;
     }
     let passt_bin = if plan.gated() {
-        Some(crate::backend::vm::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
+        Some(crate::netfilter::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
     } else {
         None
     };
@@ -119,15 +115,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         .map_err(spawn_err("temp dir"))?;
     let d = dir.path().to_path_buf();
     let janitor = Janitor::start(&d).map_err(spawn_err("janitor"))?;
-    let mut guard = Guard {
-        init: None,
-        relay: None,
-        passt: None,
-        tap_pump: None,
-        cgroup: None,
-        dir: Some(dir),
-        janitor: Some(janitor),
-    };
+    let mut guard =
+        Guard { init: None, link: None, tap_pump: None, cgroup: None, dir: Some(dir), janitor: Some(janitor) };
     let (uid_base, map_len) = if root { (root_map_base(), 0x1_0000) } else { (nix::unistd::getuid().as_raw(), 1) };
     let gid_base = if root { uid_base } else { nix::unistd::getgid().as_raw() };
     let ws = d.join("workspace");
@@ -205,9 +194,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         .map_err(|why| BackendError::Unavailable("namespace", format!("{why} (--require/--strict); nothing ran")))?;
 
     if let (Some(tap), Some(passt_bin)) = (tap, passt_bin) {
-        let (relay, passt, guest_end) = crate::backend::vm::start_gate(plan, &passt_bin, &d, guard.janitor.as_ref())?;
-        guard.relay = relay;
-        guard.passt = Some(passt);
+        let (link, guest_end) = super::gated_link(plan, &passt_bin, &d, guard.janitor.as_ref())?;
+        guard.link = Some(link);
         guard.tap_pump = Some(crate::netfilter::tap::pump(tap, guest_end).map_err(spawn_err("tap relay"))?);
     }
 

@@ -9,7 +9,6 @@ pub mod accel;
 pub mod args;
 pub mod console;
 pub mod control;
-pub mod passt;
 pub mod probe;
 pub mod qmp;
 pub mod tsc;
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::agent::AgentClient;
 use crate::backend::{find_agent, new_token, BackendError, Sandbox};
 use crate::janitor::Janitor;
-use crate::netfilter::{DNS_V4, GATEWAY_V4, GATEWAY_V6, GUEST_V4, GUEST_V6};
+use crate::netfilter::{DNS_V4, GATEWAY_V4, GUEST_V4};
 use crate::plan::{NetMode, Plan};
 use args::{Accel, Control, Machine, Net, VmConfig};
 use control::{ControlKind, Io, AGENT_PORT, SERIAL_NAME};
@@ -30,70 +29,6 @@ use control::{ControlKind, Io, AGENT_PORT, SERIAL_NAME};
 const QEMU_NET_FD: i32 = 3;
 /// The fd number QEMU gets its end of the console socket on.
 const QEMU_CONSOLE_FD: i32 = 4;
-
-/// Starts `passt_bin` on one socketpair and the gate between it and QEMU's.
-pub(crate) fn start_gate(
-    plan: &Plan,
-    passt_bin: &Path,
-    dir: &Path,
-    janitor: Option<&Janitor>,
-) -> Result<(Option<crate::netfilter::relay::Relay>, tokio::process::Child, std::os::unix::net::UnixStream), BackendError>
-{
-    use crate::netfilter::{gate, relay};
-    use std::os::fd::AsRawFd;
-    let pair = || {
-        std::os::unix::net::UnixStream::pair()
-            .map_err(|source| BackendError::Spawn { what: "socketpair".into(), source })
-    };
-    let (qemu_ours, qemu_theirs) = pair()?;
-    let (passt_ours, passt_theirs) = pair()?;
-    let policy = crate::policy::Policy::new(plan.rules.clone(), plan.net == NetMode::Full);
-    let mut cmd = std::process::Command::new(passt_bin);
-    cmd.args(["-f", "-q", "--fd", "3"])
-        .args(["-a", &GUEST_V4.to_string(), "-n", "24", "-g", &GATEWAY_V4.to_string()])
-        .args(["-a", &GUEST_V6.to_string(), "-g", &GATEWAY_V6.to_string()])
-        .args(["-D", &DNS_V4.to_string(), "--no-dhcp-search"])
-        .args(["-m", &crate::netfilter::GUEST_MTU.to_string()])
-        .stdin(Stdio::null());
-    log_to(&mut cmd, dir, "passt.log")?;
-    // No `--no-icmp`, even when no rule allows ICMP: the gate judges echo
-    // requests like any flow, and passt's `--no-icmp` also switches off its
-    // NDP, which leaves the guest no IPv6 neighbor for the gateway.
-    crate::procs::pass_fd(&mut cmd, passt_theirs.as_raw_fd(), 3);
-    let passt = spawn(cmd, "passt")?;
-    drop(passt_theirs);
-    if let (Some(j), Some(pid)) = (janitor, passt.id()) {
-        j.track(pid, "passt");
-    }
-    let env = crate::policy::Env {
-        gateways: vec![GATEWAY_V4.into(), GATEWAY_V6.into()],
-        host_addrs: crate::netfilter::host_addresses(),
-    };
-    for note in policy.host_address_notes(&env) {
-        eprintln!("cordon: {note}");
-    }
-    let g = gate::Gate::new(gate::Config {
-        policy,
-        env,
-        dns_addrs: vec![DNS_V4.into()],
-        gateway_v4: GATEWAY_V4,
-        mtu: crate::netfilter::GUEST_MTU,
-        dns_upstream: crate::netfilter::dns::upstream(),
-    });
-    let tok = |s: std::os::unix::net::UnixStream| {
-        s.set_nonblocking(true)
-            .and_then(|_| tokio::net::UnixStream::from_std(s))
-            .map_err(|source| BackendError::Spawn { what: "gate socket".into(), source })
-    };
-    if plan.bench_gate_passthrough {
-        // Benchmarks only: QEMU talks to passt directly, no gate at all.
-        drop((qemu_ours, qemu_theirs, g));
-        return Ok((None, passt, passt_ours));
-    }
-    let relay = relay::Relay::start(g, tok(qemu_ours)?, tok(passt_ours)?, plan.net_log.clone())
-        .map_err(|source| BackendError::Spawn { what: "egress gate".into(), source })?;
-    Ok((Some(relay), passt, qemu_theirs))
-}
 
 pub fn default_boot_timeout(accel: Accel) -> Duration {
     match accel {
@@ -109,8 +44,7 @@ struct VmGuard {
     dir: Option<tempfile::TempDir>,
     janitor: Option<Janitor>,
     acked: bool,
-    relay: Option<crate::netfilter::relay::Relay>,
-    passt: Option<tokio::process::Child>,
+    link: Option<crate::netfilter::gated::GatedLink>,
     console: Option<std::sync::Arc<console::Console>>,
 }
 
@@ -138,11 +72,7 @@ impl Drop for VmGuard {
             }
         }
         // The relay writes the audit log's last lines and summary when dropped.
-        drop(self.relay.take());
-        if let Some(mut p) = self.passt.take() {
-            let _ = p.start_kill();
-            wait_exit(&mut p, Duration::from_secs(2));
-        }
+        drop(self.link.take());
         if let Some(mut d) = self.daemon.take() {
             let _ = d.start_kill();
             wait_exit(&mut d, Duration::from_secs(2));
@@ -229,7 +159,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let kind = control::choose(plan.control).map_err(|e| BackendError::Unavailable("vm", e))?;
     // Before the image build and the boot: an old passt is a refusal, not a hang later.
     let passt_bin = if plan.gated() {
-        Some(passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
+        Some(crate::netfilter::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
     } else {
         None
     };
@@ -251,8 +181,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         dir: Some(dir),
         janitor: Some(janitor),
         acked: false,
-        relay: None,
-        passt: None,
+        link: None,
         console: None,
     };
 
@@ -304,9 +233,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     };
     let mut qemu_net_fd: Option<std::os::unix::net::UnixStream> = None;
     let net = if let Some(passt_bin) = &passt_bin {
-        let (relay, passt, qemu_end) = start_gate(plan, passt_bin, &d, guard.janitor.as_ref())?;
-        guard.relay = relay;
-        guard.passt = Some(passt);
+        let (link, qemu_end) = crate::backend::gated_link(plan, passt_bin, &d, guard.janitor.as_ref())?;
+        guard.link = Some(link);
         qemu_net_fd = Some(qemu_end);
         Net::Gated { fd: QEMU_NET_FD }
     } else {

@@ -48,7 +48,7 @@ pub fn find() -> Result<Passt, PasstError> {
     let path = std::env::var_os("CORDON_PASST")
         .map(PathBuf::from)
         .or_else(|| Some(PathBuf::from(CORDON_PASST)).filter(|p| p.is_file()))
-        .or_else(|| super::probe::which("passt"))
+        .or_else(|| crate::backend::vm::probe::which("passt"))
         .filter(|p| p.is_file())
         .ok_or(PasstError::NotFound)?;
     check(path.clone(), version_of(&path))
