@@ -15,7 +15,7 @@ DEBIAN_MIRROR="${CORDON_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 need_apt=()
 # make, gcc, libc6-dev, xz-utils and patch build passt from source.
-for pkg in qemu-system-x86 busybox-static cpio make gcc libc6-dev xz-utils patch; do
+for pkg in qemu-system-x86 busybox-static cpio make gcc libc6-dev xz-utils patch bubblewrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

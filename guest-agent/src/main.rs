@@ -59,6 +59,12 @@ fn main() {
     }
     // Before any thread starts: the environment is process-global.
     let token = token::from_env();
+    if std::env::var_os(cordon_protocol::boot::MODE_ENV).is_some() {
+        // A namespace sandbox's steps share this process's uid: keep them out
+        // of /proc/1/environ (the token's first copy) and /proc/1/mem.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     let args = Args::parse();
     let Some(listen) = args.listen.clone() else {
         eprintln!("cordon-agent: --listen is required outside the VM");

@@ -207,7 +207,9 @@ pub fn main() -> ! {
         fail(&mut sync, "building the sandbox's root", e);
     }
     let confine = super::confine::ConfineSpec {
-        writable: ["/workspace", "/tmp", "/run", "/dev"].iter().map(PathBuf::from).collect(),
+        // /dev gets device-only rights (confine.rs); /dev/shm is a real tmpfs
+        // (POSIX semaphores, Python's multiprocessing locks).
+        writable: ["/workspace", "/tmp", "/run", "/dev", "/dev/shm"].iter().map(PathBuf::from).collect(),
         allow_raw_sockets: spec.allow_raw_sockets,
     };
     let agent = if spec.image_root.is_some() { "/init" } else { "/.cordon-agent" };

@@ -1,0 +1,123 @@
+//! The namespace backend's costs, interleaved in one run: wall time of
+//! `cordon run --isolation namespace -- true` beside `bwrap --unshare-all
+//! --ro-bind / / true` and plain `true`; the exec round trip (`true`)
+//! inside one namespace sandbox; and 1 GiB of stdout through it beside
+//! `dd | cat`. Prints one JSON object. Needs bubblewrap (scripts/setup.sh).
+
+use clap::Parser;
+use cordon::agent::ExecEvent;
+use cordon_bench::{ms, percentile, profile_dir, static_agent};
+use cordon_protocol::Exec;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BYTES: u64 = 1 << 30;
+
+#[derive(Parser)]
+struct Args {
+    /// Repetitions of each whole-command measurement (interleaved)
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Exec round trips inside one sandbox
+    #[arg(long, default_value_t = 300)]
+    round_trips: usize,
+}
+
+fn time_cmd(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).status().expect("spawn");
+    assert!(st.success(), "{cmd:?} failed: {st}");
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    // The in-process sandbox below re-executes this binary for ns-init and
+    // the janitor, as cordon's own main does.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 2 && argv[1] == "__ns-init" {
+        cordon::backend::namespace::init::main();
+    }
+    if argv.len() == 3 && argv[1] == "__janitor" {
+        cordon::janitor::main(std::path::Path::new(&argv[2]));
+    }
+    let args = Args::parse();
+    let cordon_bin = profile_dir().join("cordon");
+    let cordon_true = || {
+        let mut c = Command::new(&cordon_bin);
+        c.env("CORDON_AGENT", static_agent()).args(["run", "--isolation", "namespace", "--no-stdin", "--", "true"]);
+        c
+    };
+    let bwrap_true = || {
+        let mut c = Command::new("bwrap");
+        c.args(["--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "true"]);
+        c
+    };
+    // Warm caches (the image's rootfs is unpacked on first use).
+    time_cmd(&mut cordon_true());
+    time_cmd(&mut bwrap_true());
+    let (mut c, mut b, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        c.push(time_cmd(&mut cordon_true()));
+        b.push(time_cmd(&mut bwrap_true()));
+        t.push(time_cmd(&mut Command::new("true")));
+    }
+    let (c, b, t) = (median(c), median(b), median(t));
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (p50, p99, n) = rt.block_on(round_trips(args.round_trips));
+    // dd with 1 MiB blocks on both sides: busybox `head` writes 4 KiB at a
+    // time, which would measure busybox rather than the stream.
+    let count = (BYTES >> 20).to_string();
+    let dd = ["dd", "if=/dev/zero", "bs=1M", &format!("count={count}"), "status=none"];
+    let baseline = time_cmd(Command::new("sh").args(["-c", &format!("{} | cat > /dev/null", dd.join(" "))]));
+    let through = time_cmd(
+        Command::new(&cordon_bin)
+            .env("CORDON_AGENT", static_agent())
+            .args(["run", "--isolation", "namespace", "--no-stdin", "--"])
+            .args(&dd[..4]),
+    );
+    let mib = BYTES as f64 / (1 << 20) as f64;
+    let ratio = |a: Duration, b: Duration| ((a.as_secs_f64() / b.as_secs_f64()) * 1000.0).round() / 1000.0;
+    let out = serde_json::json!({
+        "bench": "ns",
+        "runs": args.runs,
+        "run_true_median_ms": {"cordon_namespace": ms(c), "bwrap_unshare_all": ms(b), "plain_true": ms(t)},
+        "ratio_cordon_vs_bwrap": ratio(c, b),
+        "target_ratio_vs_bwrap": 1.5,
+        "round_trip_true": {"n": n, "p50_ms": ms(p50), "p99_ms": ms(p99)},
+        "stdout_throughput": {
+            "bytes": BYTES,
+            "cordon_mib_s": (mib / through.as_secs_f64()).round(),
+            "baseline_pipe_cat_mib_s": (mib / baseline.as_secs_f64()).round(),
+            "ratio_vs_baseline": ratio(baseline, through),
+        }
+    });
+    println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+}
+
+async fn round_trips(count: usize) -> (Duration, Duration, usize) {
+    let cli =
+        cordon::cli::Cli::try_parse_from(["cordon", "run", "--isolation", "namespace", "--", "true"]).expect("args");
+    let cordon::cli::Command::Run(a) = cli.command else { unreachable!("run parsed") };
+    let mut plan = cordon::plan::Plan::from_args(&a).expect("plan");
+    plan.agent = Some(static_agent());
+    let sb = cordon::backend::start(&plan, &|_| {}).await.expect("namespace sandbox");
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + 20 {
+        let t = Instant::now();
+        let mut h = sb.client.exec(Exec { argv: vec!["true".into()], ..Default::default() }).await.expect("exec");
+        h.started().await.expect("started");
+        while !matches!(h.next_event().await.expect("event"), ExecEvent::Exit(_)) {}
+        if i >= 20 {
+            samples.push(t.elapsed());
+        }
+    }
+    sb.close().await;
+    samples.sort();
+    (percentile(&samples, 50.0), percentile(&samples, 99.0), samples.len())
+}
