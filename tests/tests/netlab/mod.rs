@@ -8,35 +8,11 @@
 use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::backends::{text, Backend};
 use crate::common::*;
-
-pub fn cordon() -> Command {
-    let mut c = Command::new(cordon_bin());
-    c.env("CORDON_AGENT", static_agent_bin()).stdin(Stdio::null());
-    c
-}
-
-pub fn output(c: &mut Command) -> (i32, String, String) {
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn vm_args<'a>(args: &[&'a str], script: &'a str) -> Vec<&'a str> {
-    let mut full = vec!["run", "--accel", "tcg"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--", "sh", "-c", script]);
-    full
-}
-
-pub fn run_vm(args: &[&str], script: &str) -> (i32, String, String) {
-    output(cordon().args(vm_args(args, script)))
-}
 
 /// Answers every connection accepted on `l` with `reply` and closes it.
 pub fn serve_on(l: TcpListener, reply: &'static str) -> u16 {
@@ -56,7 +32,7 @@ pub fn serve(addr: &str, reply: &'static str) -> u16 {
     serve_on(TcpListener::bind(addr).unwrap(), reply)
 }
 
-/// Guest shell snippet: try ADDR PORT, print "NAME:ok:<data>" or "NAME:refused"/"NAME:fail".
+/// Sandbox shell snippet: try ADDR PORT, print "NAME:ok:<data>" or "NAME:refused"/"NAME:fail".
 pub fn probe(name: &str, addr: &str, port: u16) -> String {
     format!(
         "out=$(sleep 1 | nc -w 3 {addr} {port} 2>/tmp/err.{name}); \
@@ -150,7 +126,10 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let name = format!("cordon-{tag}{}", std::process::id() % 100_000);
+        // Unique within this process too: both backends' cases run at once.
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("cordon-{tag}{}-{seq}", std::process::id() % 100_000);
         let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         sh(&format!("ip netns add {name}"));
         let n = Netns { name };
@@ -192,12 +171,13 @@ impl Netns {
         self.enter(move || UdpSocket::bind(addr).unwrap())
     }
 
-    /// `cordon run --accel tcg ARGS -- sh -c SCRIPT` inside the namespace.
-    pub fn run_vm(&self, args: &[&str], script: &str) -> (i32, String, String) {
+    /// `cordon run <isolation> ARGS -- sh -c SCRIPT` inside the namespace.
+    pub fn run(&self, b: Backend, args: &[&str], script: &str) -> (i32, String, String) {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(cordon_bin()).args(vm_args(args, script));
+        c.args(["netns", "exec", &self.name]).arg(cordon_bin()).args(b.run_args(args));
+        c.args(["--", "sh", "-c", script]);
         c.env("CORDON_AGENT", static_agent_bin()).stdin(Stdio::null());
-        output(&mut c)
+        text(&c.output().unwrap())
     }
 }
 
