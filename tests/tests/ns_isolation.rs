@@ -767,8 +767,9 @@ fn test_ns_non_root_net_none_runs_confined() {
         "io_uring",
         "open=/dev/net/tun",
     ];
-    for net in ["none", "off"] {
-        let (out, v) = run_probe_with(env.cordon(), ws.path(), &["--net", net], &checks);
+    for (net, rootfs) in [("none", "image"), ("off", "image"), ("none", "host")] {
+        let extra = ["--net", net, "--rootfs", rootfs];
+        let (out, v) = run_probe_with(env.cordon(), ws.path(), &extra, &checks);
         for c in ["getpid", "create=/workspace/ok", "create=/tmp/ok", "tcp_self"] {
             assert_ok(&v, &out, c);
         }
