@@ -47,6 +47,23 @@ impl Drop for Janitor {
     }
 }
 
+/// Removes cgroup directories cordon made (named `cordon-*` under
+/// /sys/fs/cgroup), retrying for a few seconds while they empty.
+fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>) {
+    let dirs: Vec<&Path> = dirs
+        .filter(|d| {
+            d.starts_with("/sys/fs/cgroup")
+                && d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-"))
+        })
+        .collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for d in dirs {
+        while std::fs::remove_dir(d).is_err() && d.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// Entry point of `cordon __janitor DIR`.
 pub fn main(dir: &Path) -> ! {
     // SAFETY: ignoring terminal signals; the janitor must run to completion.
@@ -72,6 +89,11 @@ pub fn main(dir: &Path) -> ! {
                 }
             }
         }
+    }
+    // A namespace sandbox's cgroups: empty once its processes are gone (they
+    // die with ns-init), removable only then; give them a moment.
+    if let Ok(s) = std::fs::read_to_string(dir.join("cgroups")) {
+        remove_cgroups(s.lines().map(Path::new));
     }
     // Only ever remove a cordon temp dir.
     if dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-")) {

@@ -185,7 +185,8 @@ fn child(confined: bool) {
     let dir = PathBuf::from(std::env::var(DIR).expect("dir"));
     enter_namespaces();
     if confined {
-        let spec = ConfineSpec { writable: vec![dir.join("ws"), "/dev".into()], allow_raw_sockets: false };
+        let spec =
+            ConfineSpec { writable: vec![dir.join("ws"), "/dev".into()], allow_raw_sockets: false, nproc_max: None };
         let layers = confine::apply(&spec).expect("confine::apply");
         for l in layers {
             println!("layer {}", serde_json::to_string(&l).unwrap());

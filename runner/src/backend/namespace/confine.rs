@@ -48,6 +48,10 @@ pub struct ConfineSpec {
     /// when the policy needs them). Steps still hold no CAP_NET_RAW, so this
     /// alone does not make them work.
     pub allow_raw_sockets: bool,
+    /// RLIMIT_NPROC below [`NPROC_MAX`]: the plan's pids limit where no pids
+    /// cgroup holds it (a normal user on cgroup v1, say). In the sandbox's
+    /// own user namespace it counts the sandbox's tasks, threads included.
+    pub nproc_max: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +98,7 @@ pub enum ConfineError {
 pub fn apply(spec: &ConfineSpec) -> Result<Vec<Layer>, ConfineError> {
     nix::sys::prctl::set_no_new_privs().map_err(ConfineError::NoNewPrivs)?;
     let nnp = Layer::new(LAYER_NO_NEW_PRIVS, true, "set: exec gains no setuid/setgid or file capabilities");
-    let rl = apply_rlimits()?;
+    let rl = apply_rlimits(spec.nproc_max)?;
     let ll = landlock::apply(&spec.writable);
     let caps = caps::drop_all()?;
     let sc = seccomp::install(spec.allow_raw_sockets)?;
@@ -133,13 +137,21 @@ fn rlimit_summary() -> String {
     parts.join(", ")
 }
 
-fn apply_rlimits() -> Result<Layer, ConfineError> {
-    use nix::sys::resource::{getrlimit, setrlimit};
+fn apply_rlimits(nproc_max: Option<u64>) -> Result<Layer, ConfineError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
     for (res, name, limit, _) in rlimits() {
+        let limit = match (res, nproc_max) {
+            (Resource::RLIMIT_NPROC, Some(n)) => n.min(*limit),
+            _ => *limit,
+        };
         let (soft, hard) = getrlimit(*res).map_err(|source| ConfineError::Rlimit { name, source })?;
-        setrlimit(*res, soft.min(*limit), hard.min(*limit)).map_err(|source| ConfineError::Rlimit { name, source })?;
+        setrlimit(*res, soft.min(limit), hard.min(limit)).map_err(|source| ConfineError::Rlimit { name, source })?;
     }
-    Ok(Layer::new(LAYER_RLIMITS, true, rlimit_summary()))
+    let mut summary = rlimit_summary();
+    if let Some(n) = nproc_max {
+        summary.push_str(&format!("; nproc lowered to {n}, the pids limit, as no pids cgroup holds it"));
+    }
+    Ok(Layer { name: LAYER_RLIMITS.into(), enforced: true, detail: summary })
 }
 
 mod landlock {

@@ -51,6 +51,8 @@ pub struct Spec {
     pub stage: PathBuf,
     pub token: String,
     pub allow_raw_sockets: bool,
+    /// The pids limit as RLIMIT_NPROC, when no pids cgroup holds it.
+    pub nproc_max: Option<u64>,
 }
 
 /// Messages from ns-init to cordon, one JSON line each.
@@ -211,6 +213,7 @@ pub fn main() -> ! {
         // (POSIX semaphores, Python's multiprocessing locks).
         writable: ["/workspace", "/tmp", "/run", "/dev", "/dev/shm"].iter().map(PathBuf::from).collect(),
         allow_raw_sockets: spec.allow_raw_sockets,
+        nproc_max: spec.nproc_max,
     };
     let agent = if spec.image_root.is_some() { "/init" } else { "/.cordon-agent" };
     let layers = match super::confine::apply(&confine) {

@@ -147,6 +147,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         stage,
         token: token.clone(),
         allow_raw_sockets: false,
+        nproc_max: None,
     };
 
     let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
@@ -170,7 +171,16 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
 
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
     let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &token[..12]), &limits);
+    if let Some(cg) = &cg {
+        // For the janitor: a SIGKILLed cordon must not leave them behind.
+        let dirs: Vec<String> = cg.dirs().iter().map(|p| p.display().to_string()).collect();
+        let _ = std::fs::write(d.join("cgroups"), dirs.join("\n"));
+    }
     guard.cgroup = cg;
+    let mut spec = spec;
+    if !layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids") {
+        spec.nproc_max = Some(plan.pids_max);
+    }
 
     let mut line = serde_json::to_vec(&spec).expect("spec serializes");
     line.push(b'\n');
