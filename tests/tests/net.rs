@@ -452,40 +452,59 @@ fn icmp_verdicts(log: &std::path::Path, dst: &str) -> Vec<String> {
         .collect()
 }
 
+/// A shell command that sends one ICMP echo to `addr` and succeeds on a
+/// reply. The VM's root uses busybox ping (a raw socket); a namespace
+/// sandbox's steps have no raw sockets (seccomp, and no CAP_NET_RAW over
+/// their network namespace) and busybox ping has no unprivileged fallback,
+/// so they use an ICMP datagram socket (`net.ipv4.ping_group_range`) through
+/// the static probe in the workspace (`icmp_echo_workspace`).
+fn echo(b: Backend, addr: &str) -> String {
+    match b {
+        Backend::Vm if addr.contains(':') => format!("ping -6 -c 1 -W 2 {addr}"),
+        Backend::Vm => format!("ping -c 1 -W 2 {addr}"),
+        Backend::Namespace => format!("/workspace/icmp-echo {addr}"),
+    }
+}
+
 fn test_net_ipv6_works_with_tcp_only_rules_and_icmp_stays_judged(b: Backend) {
     let _g = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let _host = TestHost::new();
+    let ws = icmp_echo_workspace();
+    let ws_arg = ws.path().to_str().unwrap();
     // No rule allows ICMP: echo requests are refused by the gate, yet the
-    // guest's neighbor discovery with passt must still work for IPv6.
+    // sandbox's neighbor discovery with passt must still work for IPv6.
     let script = format!(
-        "{}{}ping -c 1 -W 2 198.51.100.2 >/dev/null 2>&1 && echo PING4:ok; \
-         ping -6 -c 1 -W 2 2001:db8:7::2 >/dev/null 2>&1 && echo PING6:ok; echo done",
+        "{}{}r=$({} 2>&1) && echo PING4:ok; echo \"echo4: $r\"; \
+         r=$({} 2>&1) && echo PING6:ok; echo \"echo6: $r\"; echo done",
         probe("V6", "2001:db8:7::2", 8081),
-        probe("V4", "198.51.100.2", 8081)
+        probe("V4", "198.51.100.2", 8081),
+        echo(b, "198.51.100.2"),
+        echo(b, "2001:db8:7::2"),
     );
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_arg = log.path().to_str().unwrap();
-    let (code, out, err) = b.sh(
-        &["--allow", "tcp/[2001:db8:7::2]:8081", "--allow", "tcp/198.51.100.2:8081", "--net-log", log_arg],
-        &script,
-    );
+    let rules = ["--allow", "tcp/[2001:db8:7::2]:8081", "--allow", "tcp/198.51.100.2:8081"];
+    let (code, out, err) = b.sh(&[&rules[..], &["--workspace", ws_arg, "--net-log", log_arg]].concat(), &script);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("V6:ok:port8081"), "IPv6 through a tcp-only rule: {out}");
     assert!(out.contains("V4:ok:port8081"), "{out}");
     assert!(!out.contains("PING4:ok") && !out.contains("PING6:ok"), "ICMP without a rule: {out}");
     for dst in ["198.51.100.2", "2001:db8:7::2"] {
         let v = icmp_verdicts(log.path(), dst);
-        assert!(!v.is_empty() && v.iter().all(|v| v == "deny"), "echo to {dst} must be refused by the gate: {v:?}");
+        assert!(
+            !v.is_empty() && v.iter().all(|v| v == "deny"),
+            "echo to {dst} must reach the gate and be refused there: {v:?}\n{out}"
+        );
     }
     // Positive control: with a rule that allows ICMP the gate passes the same
     // pings (whether the host then may send them is the host's ping_group_range).
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_arg = log.path().to_str().unwrap();
-    let (code, _out, err) =
-        b.sh(&["--allow", "icmp/198.51.100.2", "--allow", "icmp/[2001:db8:7::2]", "--net-log", log_arg], &script);
+    let rules = ["--allow", "icmp/198.51.100.2", "--allow", "icmp/[2001:db8:7::2]"];
+    let (code, out, err) = b.sh(&[&rules[..], &["--workspace", ws_arg, "--net-log", log_arg]].concat(), &script);
     assert_eq!(code, 0, "{err}");
     for dst in ["198.51.100.2", "2001:db8:7::2"] {
         let v = icmp_verdicts(log.path(), dst);
-        assert!(v.iter().any(|v| v == "allow"), "echo to {dst} with an icmp rule: {v:?}");
+        assert!(v.iter().any(|v| v == "allow"), "echo to {dst} with an icmp rule: {v:?}\n{out}");
     }
 }

@@ -41,6 +41,67 @@ pub fn probe(name: &str, addr: &str, port: u16) -> String {
     )
 }
 
+/// `icmp-echo ADDR`: one echo request through an unprivileged ICMP socket
+/// (the kernel fills in the id and checksum); exit 0 on a reply within 2 s.
+const ICMP_ECHO_C: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    struct sockaddr_in a4 = {0};
+    struct sockaddr_in6 a6 = {0};
+    int v6 = argc > 1 && strchr(argv[1], ':') != NULL;
+    if (argc != 2 || (v6 ? inet_pton(AF_INET6, argv[1], &a6.sin6_addr) : inet_pton(AF_INET, argv[1], &a4.sin_addr)) != 1) {
+        fprintf(stderr, "usage: icmp-echo ADDR\n");
+        return 2;
+    }
+    a4.sin_family = AF_INET;
+    a6.sin6_family = AF_INET6;
+    int s = v6 ? socket(AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6) : socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+    if (s < 0) {
+        printf("icmp socket: %s\n", strerror(errno));
+        return 2;
+    }
+    unsigned char pkt[16] = {v6 ? 128 : 8, 0};
+    int n = v6 ? sendto(s, pkt, sizeof pkt, 0, (struct sockaddr *)&a6, sizeof a6)
+               : sendto(s, pkt, sizeof pkt, 0, (struct sockaddr *)&a4, sizeof a4);
+    if (n < 0) {
+        printf("sendto: %s\n", strerror(errno));
+        return 2;
+    }
+    printf("sent\n");
+    struct pollfd p = {s, POLLIN, 0};
+    if (poll(&p, 1, 2000) == 1 && recv(s, pkt, sizeof pkt, 0) > 0) {
+        printf("reply\n");
+        return 0;
+    }
+    return 1;
+}
+"#;
+
+/// A workspace (mode 0755) holding only `icmp-echo`, built static with gcc
+/// (a prerequisite: its absence fails loudly).
+pub fn icmp_echo_workspace() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = tempfile::Builder::new().prefix("cordon-icmp-").tempdir().unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = ws.path().join("icmp-echo.c");
+    std::fs::write(&src, ICMP_ECHO_C).unwrap();
+    let out = Command::new("gcc")
+        .args(["-static", "-O1", "-Wall", "-o"])
+        .arg(ws.path().join("icmp-echo"))
+        .arg(&src)
+        .output()
+        .expect("gcc is needed to build icmp-echo (apt-get install gcc libc6-dev)");
+    assert!(out.status.success(), "gcc -static icmp-echo.c: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(&src).unwrap();
+    ws
+}
+
 pub fn host_v4() -> String {
     cordon::netfilter::host_addresses()
         .into_iter()
