@@ -1,7 +1,8 @@
 //! `cordon run` end to end on each backend: `vm::` cases run QEMU under TCG
 //! with the real Debian kernel and vhost-device-vsock, `namespace::` cases
-//! the same job in Linux namespaces. Steps, exit codes, timeouts, tree kill,
-//! workspace, cancel and nothing left behind are one case each for both.
+//! the same job in Linux namespaces. Steps, exit codes, signals, timeouts,
+//! tree kill, workspace, cancel and nothing left behind (processes, passt,
+//! cgroups, temp files; Ctrl-C and SIGKILL) are one case each for both.
 //! VM-only (no namespace counterpart exists): the virtio-serial control
 //! channel, a corrupt kernel, a guest kernel panic.
 
@@ -24,6 +25,7 @@ backend_tests! {
         test_nothing_survives_a_step,
         test_ctrl_c_cancels_and_cleans_up,
         test_sigkill_of_cordon_leaves_nothing,
+        test_sigkill_of_cordon_with_the_gate_leaves_nothing,
         test_net_none_reaches_nothing_on_the_host,
         test_net_off_has_no_nic,
         test_identity,
@@ -152,6 +154,17 @@ fn test_sigkill_of_cordon_leaves_nothing(b: Backend) {
     });
     assert_eq!(w.output.status.signal(), Some(libc::SIGKILL));
     // PR_SET_PDEATHSIG and the janitor clean up after cordon, a little later.
+    w.assert_nothing_left(b, Some("sleep"), Duration::from_secs(10));
+}
+
+fn test_sigkill_of_cordon_with_the_gate_leaves_nothing(b: Backend) {
+    // The same with passt and the gate's frame source (QEMU's stream, the tap).
+    let w = run_watched(b, &["--net", "full", "--", "sleep", "1000"], "step_started", |pid| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    assert_eq!(w.output.status.signal(), Some(libc::SIGKILL));
+    assert!(w.seen.iter().any(|p| b.helper(p) == Some("passt")), "no passt under cordon: {:?}", w.seen);
     w.assert_nothing_left(b, Some("sleep"), Duration::from_secs(10));
 }
 
