@@ -26,11 +26,16 @@ backend_tests! {
 }
 
 fn test_limits_fork_bomb_times_out_and_leaves_nothing(b: Backend) {
-    let bomb = "b() { b | b & }; b; sleep 30";
+    // The step's own shell forks its sleeper before the bomb, then only
+    // waits (a builtin): at native speed the bomb fills pids.max before a
+    // fork after it could succeed, and the step would end early with sh's 2.
+    let bomb = "sleep 30 & b() { b | b & }; b; wait";
     let w = run_watched(b, &["--timeout", "20s", "--", "sh", "-c", bomb], "step_started", |_| {});
     assert_eq!(w.output.status.code(), Some(124), "{}", describe(&w.output));
     let ex = step_exited(&w.output, "command");
     assert_eq!(ex["timed_out"], true, "{}", describe(&w.output));
+    let err = step_stream(&w.output, "command", "stderr");
+    assert!(err.contains("can't fork"), "the bomb never reached the pids limit: {}", describe(&w.output));
     // Whether the agent reports the kill or the runner tears the sandbox
     // down first depends on how fast the kernel ends ~4096 tasks (4-7 s
     // measured in the VM under TCG): both are a correct end, so neither is
