@@ -109,7 +109,7 @@ fn test_step_timeout_kills_tree(b: Backend) {
     // step says when both exist (the marker is split so the argv does not
     // hold it).
     let script = "sh -c 'trap \"\" TERM; exec sleep 1000' & sh -c 'trap \"\" TERM; sleep 1000' & \
-                  sleep 0.2; echo ar''med; wait";
+                  until [ $(pidof sleep | wc -w) -ge 2 ]; do usleep 20000; done; echo ar''med; wait";
     let w = run_watched(b, &["--timeout", "3s", "--", "sh", "-c", script], "armed", |_| {});
     assert_eq!(w.output.status.code(), Some(124), "{}", describe(&w.output));
     let exited = step_exited(&w.output, "command");
