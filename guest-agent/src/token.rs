@@ -3,7 +3,11 @@
 //! As PID 1 it is QEMU's fw_cfg item `opt/cordon/token`, which the runner
 //! fills from a 0600 file in its 0700 temp dir; as a plain process it is the
 //! environment variable CORDON_AGENT_TOKEN (/proc/PID/environ is private to
-//! its owner), removed once read so steps do not inherit it.
+//! its owner), removed once read so steps do not inherit it. Its original
+//! copy stays in /proc/PID/environ: in the namespace sandbox, whose steps
+//! share the agent's uid, the agent makes itself non-dumpable so they cannot
+//! read it; and the agent serves exactly one session, claimed before any
+//! step runs, so a token learned later opens nothing.
 
 use std::time::{Duration, Instant};
 

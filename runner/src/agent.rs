@@ -233,7 +233,7 @@ impl AgentClient {
         let stdin_win = Window::new();
         let rx = self.shared.register(stream, Some((Channel::Stdin, stdin_win.clone())));
         self.shared.msg(stream, &Message::Exec(req)).await?;
-        Ok(ExecHandle { shared: self.shared.clone(), stream, rx, stdin_win, done: false })
+        Ok(ExecHandle { shared: self.shared.clone(), stream, rx, stdin_win, done: false, owed: None })
     }
 
     /// Copies `local` (a directory's contents or a file) into `dest` in the sandbox.
@@ -426,16 +426,22 @@ async fn recv_within(rx: &mut StreamRx, idle: Duration) -> Result<Option<Inbound
 fn unexpected_reply(m: Option<Inbound>, shared: &Shared) -> AgentError {
     match m {
         Some(Inbound::Msg(Message::Error { code: ErrorCode::ChecksumMismatch, message })) => {
-            AgentError::ChecksumMismatch(message)
+            AgentError::ChecksumMismatch(crate::term::sanitize_line(&message))
         }
-        Some(Inbound::Msg(Message::Error { code, message })) => AgentError::Remote { code, message },
+        Some(Inbound::Msg(Message::Error { code, message })) => {
+            AgentError::Remote { code, message: crate::term::sanitize_line(&message) }
+        }
         Some(Inbound::Msg(m)) => AgentError::Protocol(format!("{m:?}")),
         Some(Inbound::Data { kind, .. }) => AgentError::Protocol(format!("data of kind {}", kind.0)),
         None => shared.lost_error(),
     }
 }
 
+/// Undecodable control messages tolerated before the agent is cut off.
+const MAX_UNDECODABLE: u32 = 16;
+
 async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: FrameReader<R>) {
+    let mut undecodable = 0u32;
     let why = loop {
         let f = match reader.read_frame().await {
             Ok(Some(f)) => f,
@@ -456,6 +462,12 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: FrameR
                 }
                 Ok(m) => Inbound::Msg(m),
                 Err(e) => {
+                    // A few are worth a warning; a stream of them is a hostile
+                    // agent flooding cordon's stderr, and the end of it.
+                    undecodable += 1;
+                    if undecodable > MAX_UNDECODABLE {
+                        break Some(format!("the agent sent {undecodable} undecodable messages"));
+                    }
                     tracing::warn!(error = %e, "undecodable message from the agent");
                     continue;
                 }
@@ -517,6 +529,10 @@ pub struct ExecHandle {
     rx: StreamRx,
     stdin_win: Window,
     done: bool,
+    /// Credit owed to the agent for data already returned; sent at the start
+    /// of the next call, so a caller that drops `next_event` mid-way (a
+    /// `select!` arm that lost) never loses a chunk it was handed.
+    owed: Option<(Channel, u32)>,
 }
 
 impl Drop for ExecHandle {
@@ -538,8 +554,13 @@ impl ExecHandle {
         }
     }
 
-    /// The next output chunk or the exit. Grants credit for data it returns.
+    /// The next output chunk or the exit. Grants credit for the data it
+    /// returned last time (cancel-safe: a dropped call loses nothing).
     pub async fn next_event(&mut self) -> Result<ExecEvent, AgentError> {
+        if let Some((channel, bytes)) = self.owed {
+            self.shared.msg(self.stream, &Message::Credit { channel, bytes }).await?;
+            self.owed = None;
+        }
         loop {
             if self.done {
                 return Err(AgentError::Protocol("next_event after exit".into()));
@@ -550,7 +571,7 @@ impl ExecHandle {
                         continue;
                     }
                     let channel = if kind == Kind::STDOUT { Channel::Stdout } else { Channel::Stderr };
-                    self.shared.msg(self.stream, &Message::Credit { channel, bytes: body.len() as u32 }).await?;
+                    self.owed = Some((channel, body.len() as u32));
                     return Ok(if kind == Kind::STDOUT { ExecEvent::Stdout(body) } else { ExecEvent::Stderr(body) });
                 }
                 Some(Inbound::Msg(Message::Exit(st))) => {

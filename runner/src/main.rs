@@ -43,7 +43,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::INTERNAL);
                 }
             };
-            match rt.block_on(cordon::run::run(plan)) {
+            let res = rt.block_on(cordon::run::run(plan));
+            // Never wait for blocking tasks (an artifact being staged when the
+            // run was cancelled): the run is over.
+            rt.shutdown_background();
+            match res {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     print_chain(&e);

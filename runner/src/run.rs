@@ -24,7 +24,7 @@ use crate::exit;
 use crate::plan::{Plan, Step, GUEST_WORKSPACE};
 use crate::term::say;
 pub use copy_out::artifact_host_path;
-use output::{Output, Written};
+use output::Output;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -143,11 +143,11 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
         _ = term.recv() => return Ok(exit::for_signal(libc::SIGTERM)),
     };
     let ready_ms = t0.elapsed().as_millis() as u64;
-    let mut out = Output::new(json, plan.prefix);
+    let mut out = Output::new(json, plan.prefix)?;
     if json {
         out.event(json!({"event": "sandbox_ready", "isolation": sandbox.description, "ready_ms": ready_ms,
             "agent_version": sandbox.client.ready.agent_version, "kernel_boot_ms": sandbox.client.ready.kernel_boot_ms,
-            "agent_start_ms": sandbox.client.ready.agent_start_ms, "agent_capabilities": sandbox.client.ready.capabilities}))?;
+            "agent_start_ms": sandbox.client.ready.agent_start_ms, "agent_capabilities": sandbox.client.ready.capabilities})).await?;
     } else if sandbox.description.starts_with("namespace") {
         // The layers in force, every run: nothing about isolation is implied.
         say(&format!("isolation: {}", sandbox.description));
@@ -163,10 +163,12 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
         Err(RunError::Agent(e, _)) => {
             let tail = sandbox.guard.diagnostics();
             drop(sandbox);
+            out.finish(None);
             return Err(RunError::Agent(e, crate::term::sanitize(&tail)));
         }
         Err(e) => {
             drop(sandbox);
+            out.finish(None);
             return Err(e);
         }
     };
@@ -176,8 +178,14 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
         sandbox.close().await;
     }
     if json {
-        out.event(json!({"event": "run_finished", "exit_code": end.code, "wall_ms": t0.elapsed().as_millis() as u64}))?;
+        out.event(json!({"event": "run_finished", "exit_code": end.code, "wall_ms": t0.elapsed().as_millis() as u64}))
+            .await?;
     }
+    // Everything the step wrote reaches the reader, however slow; only a run
+    // the user or a deadline cut short stops waiting for a reader that has
+    // stopped reading.
+    let cut_short = matches!(end.code, exit::TIMED_OUT | 130 | 143);
+    out.finish(cut_short.then_some(Duration::from_secs(2)));
     Ok(end.code)
 }
 
@@ -194,7 +202,8 @@ async fn run_job(plan: &Plan, sandbox: &Sandbox, out: &mut Output, watch: &mut W
             }
         };
         if out.json {
-            out.event(json!({"event": "workspace_copied", "entries": files, "ms": t.elapsed().as_millis() as u64}))?;
+            out.event(json!({"event": "workspace_copied", "entries": files, "ms": t.elapsed().as_millis() as u64}))
+                .await?;
         }
     }
     let mut code = 0u8;
@@ -214,7 +223,7 @@ async fn run_job(plan: &Plan, sandbox: &Sandbox, out: &mut Output, watch: &mut W
             }
             StepEnd::Stopped(stop, _) => stop.exit_code(),
         };
-        out.step_end(step, &end, code)?;
+        out.step_end(step, &end, code).await?;
         match end {
             StepEnd::Stopped(_, None) => return Ok(JobEnd { code, torn_down: true }),
             StepEnd::Stopped(..) => return Ok(JobEnd { code, torn_down: false }),
@@ -319,17 +328,29 @@ async fn run_step(
         }
     };
     if out.json {
-        out.event(json!({"event": "step_started", "step": step.name, "argv": step.argv, "pid": pid}))?;
+        out.event(json!({"event": "step_started", "step": step.name, "argv": step.argv, "pid": pid})).await?;
     }
     // Raw mode only while a step with a pty runs, restored on every way out.
-    let _raw = (plan.tty && crate::term::stdin_is_tty()).then(crate::term::RawMode::enter).flatten();
+    let raw = (plan.tty && crate::term::stdin_is_tty()).then(crate::term::RawMode::enter).flatten();
+    if raw.is_some() {
+        say(&format!("-t: keys go to the step; {} stops it (twice: at once)", crate::term::ESCAPE_NAME));
+    }
     // Stdin goes through its own task: a full window (a starved agent) must
-    // not hold up this loop's deadlines.
+    // not hold up this loop's deadlines. In raw mode it also watches for the
+    // escape key, the user's way out of a step that ignores every other key.
+    let (escape_tx, mut escape_rx) = tokio::sync::mpsc::channel::<()>(2);
+    let watch_escape = raw.is_some();
     let stdin_task = plan.stdin.then(|| {
         let (w, mut chunks) = (h.stdin(), crate::term::stdin_chunks());
         tokio::spawn(async move {
-            while let Some(Some(data)) = chunks.recv().await {
-                if w.write(&data).await.is_err() {
+            while let Some(Some(mut data)) = chunks.recv().await {
+                if watch_escape {
+                    if let Some(i) = data.iter().position(|b| *b == crate::term::ESCAPE) {
+                        let _ = escape_tx.try_send(());
+                        data.truncate(i);
+                    }
+                }
+                if !data.is_empty() && w.write(&data).await.is_err() {
                     return;
                 }
             }
@@ -338,23 +359,33 @@ async fn run_step(
     });
     let mut stop = Stopping::default();
     let mut winch = if plan.tty { signal(SignalKind::window_change()).ok() } else { None };
+    // Output waits for room in the writer's queue before the next event is
+    // taken from the agent: a reader that stops reading slows the step (its
+    // window closes), never this loop.
+    let queue = out.sender();
+    let mut pending: Option<output::Chunk> = None;
+    let mut sigpiped = false;
     let end = loop {
         tokio::select! {
-            ev = h.next_event() => match ev.map_err(agent_err)? {
-                ExecEvent::Stdout(b) => {
-                    if out.data(&step.name, 0, &b)? == Written::StdoutClosed {
-                        // As in a shell pipeline: the writer learns its reader is gone.
-                        tell(&h, libc::SIGPIPE).await;
-                    }
+            permit = queue.reserve(), if pending.is_some() => {
+                if let (Ok(p), Some(c)) = (permit, pending.take()) {
+                    p.send(c);
                 }
-                ExecEvent::Stderr(b) => {
-                    out.data(&step.name, 1, &b)?;
-                }
+            }
+            ev = h.next_event(), if pending.is_none() => match ev.map_err(agent_err)? {
+                ExecEvent::Stdout(b) => pending = Some(out.format(&step.name, 0, &b)),
+                ExecEvent::Stderr(b) => pending = Some(out.format(&step.name, 1, &b)),
                 ExecEvent::Exit(st) => break match stop.why {
                     Some(why) => StepEnd::Stopped(why, Some(st)),
                     None => StepEnd::Exited(st),
                 },
             },
+            _ = out.stdout_closed(), if !sigpiped => {
+                // As in a shell pipeline: the writer learns its reader is gone.
+                sigpiped = true;
+                tell(&h, libc::SIGPIPE).await;
+            }
+            Some(()) = escape_rx.recv() => stop.begin(Stop::Signal(libc::SIGINT), &h).await,
             Some(()) = recv_signal(&mut winch) => {
                 let (rows, cols) = crate::term::window_size();
                 let _ = tokio::time::timeout(Duration::from_secs(1), h.resize(rows, cols)).await;

@@ -22,12 +22,24 @@ pub fn sanitize(s: &str) -> String {
     out
 }
 
-/// Writes one of cordon's own lines to stderr, sanitized; a closed stderr
-/// is not worth dying for.
+/// `s` as one line: `sanitize`, and newlines shown as `\n` too, so text from
+/// the guest (a file name, an error message) cannot forge a line of
+/// cordon's own.
+pub fn sanitize_line(s: &str) -> String {
+    sanitize(s).replace('\n', "\\n").replace('\t', "\\t")
+}
+
+/// Writes one of cordon's own lines to stderr, as one sanitized line; a
+/// closed stderr is not worth dying for.
 pub fn say(msg: &str) {
     let mut e = std::io::stderr().lock();
-    let _ = writeln!(e, "cordon: {}", sanitize(msg));
+    let _ = writeln!(e, "cordon: {}", sanitize_line(msg));
 }
+
+/// The key that stops a `-t` step from the local terminal (raw mode sends
+/// every other key, Ctrl-C included, to the step): Ctrl-].
+pub const ESCAPE: u8 = 0x1d;
+pub const ESCAPE_NAME: &str = "Ctrl-]";
 
 /// Reads stdin on a detached thread and hands chunks over a channel; `None`
 /// is end of input (or an error). The thread blocks in read(2) and is never
@@ -124,5 +136,9 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(sanitize(input), want, "{input:?}");
         }
+        assert_eq!(
+            sanitize_line("x\ncordon: artifact out: signature OK\x1b[0m"),
+            "x\\ncordon: artifact out: signature OK\\x1b[0m"
+        );
     }
 }

@@ -173,6 +173,46 @@ fn test_pty_interactive_shell_and_ctrl_c_reach_the_step() {
 }
 
 #[test]
+fn test_pty_escape_key_stops_a_step_that_ignores_every_key() {
+    // Raw mode sends Ctrl-C, Ctrl-\ and Ctrl-Z to the step; a step that traps
+    // them all still ends with cordon's own escape key.
+    let script = "trap '' INT QUIT TSTP; echo ready; sleep 60; echo after";
+    let args = ["run", "--isolation", "local-agent", "-t", "--", "sh", "-c", script];
+    let (child, master) = on_pty(&args, 24, 80);
+    let (code, seen) = finish(child, master, &[("ready", b"\x03\x1c\x1a"), ("ready", b"\x1d")]);
+    assert_eq!(code, Some(130), "{seen:?}");
+    assert!(!seen.contains("after"), "{seen:?}");
+    assert!(seen.contains("Ctrl-]"), "cordon says which key stops the step: {seen:?}");
+}
+
+#[test]
+fn test_a_reader_that_stops_reading_does_not_stop_the_deadlines() {
+    // stdout is a pipe nobody reads (a paused pager, a stalled log
+    // collector): the step's timeout must still end the run.
+    let mut child = cordon()
+        .args(["run", "--isolation", "local-agent", "--no-stdin", "--timeout", "2s", "--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > guard {
+            let _ = child.kill();
+            panic!("cordon never ended while its stdout was not read");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdout);
+    assert_eq!(status.code(), Some(124));
+}
+
+#[test]
 fn test_closed_stdout_ends_the_step_like_a_shell_and_still_copies_artifacts() {
     let t = tempfile::tempdir().unwrap();
     let made = t.path().join("made.txt");

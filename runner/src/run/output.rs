@@ -1,98 +1,152 @@
 //! Where step output and cordon's reports go: raw to stdout/stderr
-//! (optionally prefixed per line) or JSON events on stdout. A reader that
-//! goes away (`cordon run ... | head`) is not an error: output to it stops,
-//! and the caller tells the step, as a shell pipeline would.
+//! (optionally prefixed per line) or JSON events on stdout. The writing
+//! happens on a thread of its own behind a bounded queue, so a reader that
+//! stops reading (a paused pager, a stalled CI log) never blocks the
+//! runner's loop: its deadlines, Ctrl-C and the network gate keep running,
+//! and the step meets backpressure instead. A reader that goes away
+//! (`cordon run ... | head`) is not an error: stdout is marked closed and
+//! the caller tells the step, as a shell pipeline would.
 
+use bytes::Bytes;
 use serde_json::json;
 use std::io::Write;
+use tokio::sync::{mpsc, watch};
 
 use super::{RunError, StepEnd};
 use crate::plan::Step;
 use crate::term::say;
 
-/// What writing a chunk of step output did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Written {
-    Ok,
-    /// stdout just went away (EPIPE); later stdout output is dropped.
-    StdoutClosed,
-}
+/// Bytes for stdout (0) or stderr (1), ready to write.
+pub struct Chunk(usize, Bytes);
+
+/// Chunks queued for the writer thread: at most this many (each at most a
+/// protocol data chunk) before the step meets backpressure.
+const QUEUE: usize = 32;
 
 pub struct Output {
     pub json: bool,
     pub prefix: bool,
     at_line_start: [bool; 2],
-    closed: [bool; 2],
+    tx: Option<mpsc::Sender<Chunk>>,
+    stdout_closed: watch::Receiver<bool>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 fn is_epipe(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
+/// The writer thread: blocking writes, one chunk at a time; after EPIPE on
+/// a stream, its chunks are dropped (and a closed stdout is announced).
+fn writer(mut rx: mpsc::Receiver<Chunk>, closed_tx: watch::Sender<bool>) {
+    let mut closed = [false, false];
+    while let Some(Chunk(which, b)) = rx.blocking_recv() {
+        if closed[which] {
+            continue;
+        }
+        let res = if which == 0 {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&b).and_then(|_| o.flush())
+        } else {
+            let mut e = std::io::stderr().lock();
+            e.write_all(&b).and_then(|_| e.flush())
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if is_epipe(&e) => {
+                closed[which] = true;
+                if which == 0 {
+                    let _ = closed_tx.send(true);
+                }
+            }
+            Err(e) => {
+                // Nothing sensible is left to do with this stream.
+                closed[which] = true;
+                say(&format!("writing the step's {} failed: {e}", if which == 0 { "stdout" } else { "stderr" }));
+            }
+        }
+    }
+}
+
 impl Output {
-    pub fn new(json: bool, prefix: bool) -> Output {
-        Output { json, prefix, at_line_start: [true, true], closed: [false, false] }
+    pub fn new(json: bool, prefix: bool) -> Result<Output, RunError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let writer = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || writer(rx, closed_tx))
+            .map_err(RunError::Output)?;
+        Ok(Output {
+            json,
+            prefix,
+            at_line_start: [true, true],
+            tx: Some(tx),
+            stdout_closed: closed_rx,
+            writer: Some(writer),
+        })
     }
 
-    /// Writes a chunk of the step's stdout (`which` 0) or stderr (1).
-    pub fn data(&mut self, step: &str, which: usize, b: &[u8]) -> Result<Written, RunError> {
-        let stream = if which == 0 { "stdout" } else { "stderr" };
+    /// The queue's sender, for a caller that reserves room before it takes
+    /// more output from the step (see `run_step`).
+    pub fn sender(&self) -> mpsc::Sender<Chunk> {
+        self.tx.clone().expect("the output queue lives as long as Output")
+    }
+
+    /// Resolves when stdout's reader goes away (once).
+    pub async fn stdout_closed(&mut self) {
+        let _ = self.stdout_closed.wait_for(|c| *c).await;
+    }
+
+    /// A chunk of the step's stdout (`which` 0) or stderr (1), formatted
+    /// (JSON event, or with line prefixes) for the writer.
+    pub fn format(&mut self, step: &str, which: usize, b: &[u8]) -> Chunk {
         if self.json {
+            let stream = if which == 0 { "stdout" } else { "stderr" };
             let ev = match std::str::from_utf8(b) {
                 Ok(s) => json!({"event": "output", "step": step, "stream": stream, "data": s}),
                 Err(_) => json!({"event": "output", "step": step, "stream": stream, "data_hex": hex::encode(b)}),
             };
-            return self.event(ev);
+            return Chunk(0, Bytes::from(event_line(&ev)));
         }
-        if self.closed[which] {
-            return Ok(Written::Ok);
+        if self.prefix {
+            let p = prefix_lines(b, &format!("[{step}] "), &mut self.at_line_start[which]);
+            return Chunk(which, Bytes::from(p));
         }
-        let buf;
-        let bytes = if self.prefix {
-            buf = prefix_lines(b, &format!("[{step}] "), &mut self.at_line_start[which]);
-            &buf[..]
-        } else {
-            b
-        };
-        let res = if which == 0 {
-            let mut o = std::io::stdout().lock();
-            o.write_all(bytes).and_then(|_| o.flush())
-        } else {
-            let mut e = std::io::stderr().lock();
-            e.write_all(bytes).and_then(|_| e.flush())
-        };
-        match res {
-            Ok(()) => Ok(Written::Ok),
-            Err(e) if is_epipe(&e) => {
-                self.closed[which] = true;
-                Ok(if which == 0 { Written::StdoutClosed } else { Written::Ok })
-            }
-            Err(e) => Err(RunError::Output(e)),
+        Chunk(which, Bytes::copy_from_slice(b))
+    }
+
+    async fn send(&self, c: Chunk) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(c).await;
         }
     }
 
     /// One JSON event line on stdout.
-    pub fn event(&mut self, v: serde_json::Value) -> Result<Written, RunError> {
-        if self.closed[0] {
-            return Ok(Written::Ok);
-        }
-        let mut o = std::io::stdout().lock();
-        let res = serde_json::to_writer(&mut o, &v)
-            .map_err(std::io::Error::from)
-            .and_then(|_| o.write_all(b"\n"))
-            .and_then(|_| o.flush());
-        match res {
-            Ok(()) => Ok(Written::Ok),
-            Err(e) if is_epipe(&e) => {
-                self.closed[0] = true;
-                Ok(Written::StdoutClosed)
+    pub async fn event(&mut self, v: serde_json::Value) -> Result<(), RunError> {
+        self.send(Chunk(0, Bytes::from(event_line(&v)))).await;
+        Ok(())
+    }
+
+    /// Lets the writer drain: until it is done, or for at most `limit` (a
+    /// reader that never reads again must not keep a cancelled run alive).
+    pub fn finish(mut self, limit: Option<std::time::Duration>) {
+        drop(self.tx.take());
+        let Some(w) = self.writer.take() else { return };
+        match limit {
+            None => {
+                let _ = w.join();
             }
-            Err(e) => Err(RunError::Output(e)),
+            Some(limit) => {
+                let until = std::time::Instant::now() + limit;
+                while !w.is_finished() && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
         }
     }
 
     /// Reports how a step ended (a JSON event, or a line on stderr).
-    pub fn step_end(&mut self, step: &Step, end: &StepEnd, code: u8) -> Result<(), RunError> {
+    pub async fn step_end(&mut self, step: &Step, end: &StepEnd, code: u8) -> Result<(), RunError> {
         let name = &step.name;
         match end {
             StepEnd::Exited(st) | StepEnd::Stopped(_, Some(st)) => {
@@ -104,12 +158,11 @@ impl Output {
                 let job_timed_out = stop == Some(super::Stop::JobTimeout);
                 let timed_out = st.timed_out || matches!(stop, Some(super::Stop::StepTimeout)) || job_timed_out;
                 if self.json {
-                    self.event(
-                        json!({"event": "step_exited", "step": name, "exit_code": st.code, "signal": st.signal,
+                    self.event(json!({"event": "step_exited", "step": name, "exit_code": st.code, "signal": st.signal,
                         "timed_out": timed_out, "job_timed_out": job_timed_out, "oom_killed": st.oom_killed,
                         "cancelled": cancelled, "wall_ms": st.wall_ms, "peak_rss_kb": st.peak_rss_kb,
-                        "output_cut": st.output_cut, "cordon_exit_code": code}),
-                    )?;
+                        "output_cut": st.output_cut, "cordon_exit_code": code}))
+                        .await?;
                     return Ok(());
                 }
                 if st.output_cut {
@@ -140,7 +193,8 @@ impl Output {
                         "timed_out": !matches!(stop, super::Stop::Signal(_)),
                         "job_timed_out": *stop == super::Stop::JobTimeout,
                         "cancelled": matches!(stop, super::Stop::Signal(_)), "sandbox_torn_down": true,
-                        "cordon_exit_code": code}))?;
+                        "cordon_exit_code": code}))
+                        .await?;
                 } else {
                     say(&format!(
                         "step {name:?} {why}, and the sandbox did not confirm its end in time: \
@@ -151,7 +205,8 @@ impl Output {
             StepEnd::StartFailed(reason, message) => {
                 if self.json {
                     self.event(json!({"event": "step_failed_to_start", "step": name, "reason": reason,
-                        "message": message, "cordon_exit_code": code}))?;
+                        "message": message, "cordon_exit_code": code}))
+                        .await?;
                 } else {
                     say(&format!("step {name:?} could not start: {message}"));
                 }
@@ -159,6 +214,12 @@ impl Output {
         }
         Ok(())
     }
+}
+
+fn event_line(v: &serde_json::Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(v).expect("JSON values serialize");
+    line.push(b'\n');
+    line
 }
 
 /// Inserts `prefix` at the start of every line; `at_start` carries line
