@@ -118,15 +118,16 @@ fn test_step_timeout_kills_tree(b: Backend) {
 }
 
 fn test_nothing_survives_a_step(b: Backend) {
-    // Step 1 leaves a daemon that left the session (setsid) and one that
-    // ignores SIGTERM; the step's tree kill must still end both. Step 2 looks.
+    // Step 1 leaves a daemon that left the session (setsid; the step waits
+    // until it has: its session id is its own pid) and one that ignores
+    // SIGTERM; the step's tree kill must still end both. Step 2 looks.
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("cordon.toml");
     std::fs::write(
         &job,
         r#"
 [[steps]]
-run = "setsid sleep 997 >/dev/null 2>&1 < /dev/null & sh -c 'trap \"\" TERM; exec sleep 998' >/dev/null 2>&1 & echo started"
+run = "setsid sleep 997 >/dev/null 2>&1 < /dev/null & d=$!; until [ \"$(cut -d' ' -f6 /proc/$d/stat)\" = $d ]; do usleep 10000; done; sh -c 'trap \"\" TERM; exec sleep 998' >/dev/null 2>&1 & echo started"
 [[steps]]
 run = "ps -o comm,args | grep -E 'sleep 99[78]' | grep -v grep || echo clean"
 "#,
