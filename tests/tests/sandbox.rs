@@ -178,7 +178,7 @@ fn test_net_none_reaches_nothing_on_the_host(b: Backend) {
     let script = format!(
         "ip link set lo up; if ip link show eth0 >/dev/null 2>&1; then echo has-nic; \
          ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2; fi; \
-         (echo pong | nc -l -p 7777 >/dev/null &); sleep 0.5; \
+         (echo pong | nc -l -p 7777 >/dev/null &); until netstat -ltn | grep -q :7777; do usleep 20000; done; \
          nc -w 2 127.0.0.1 7777 </dev/null | grep -q pong && echo control-ok; \
          ok=0; for a in 10.0.2.2 10.0.2.3 10.0.2.4 127.0.0.1 1.1.1.1; do \
            if echo probe | nc -w 2 $a {port} >/dev/null 2>&1; then echo REACHED $a; ok=1; fi; done; exit $ok"
