@@ -51,8 +51,6 @@ pub struct Spec {
     pub stage: PathBuf,
     pub token: String,
     pub allow_raw_sockets: bool,
-    /// The pids limit as RLIMIT_NPROC, when no pids cgroup holds it.
-    pub nproc_max: Option<u64>,
 }
 
 /// Messages from ns-init to cordon, one JSON line each.
@@ -75,7 +73,21 @@ pub enum Report {
     },
 }
 
-pub const GO: &[u8] = b"go\n";
+/// cordon's answer to `Userns`: the maps are written, the cgroup joined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Go {
+    /// The pids limit as RLIMIT_NPROC, when no pids cgroup holds it.
+    pub nproc_max: Option<u64>,
+}
+
+impl Go {
+    pub fn line(&self) -> Vec<u8> {
+        let mut l = serde_json::to_vec(self).expect("go serializes");
+        l.push(b'\n');
+        l
+    }
+}
 
 fn send(sync: &mut UnixStream, r: &Report) {
     let mut line = serde_json::to_vec(r).expect("reports serialize");
@@ -164,11 +176,11 @@ pub fn main() -> ! {
         fail(&mut sync, "a user namespace", e);
     }
     send(&mut sync, &Report::Userns { pid: std::process::id() });
-    match read_line(&mut sync) {
-        Ok(l) if l == GO.trim_ascii_end() => {}
-        Ok(_) => fail(&mut sync, "waiting for the id maps", "unexpected message"),
+    let go: Go = match read_line(&mut sync).map(|l| serde_json::from_slice(&l)) {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => fail(&mut sync, "waiting for the id maps", e),
         Err(e) => fail(&mut sync, "waiting for the id maps", e),
-    }
+    };
     become_root(&mut sync);
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -213,7 +225,7 @@ pub fn main() -> ! {
         // (POSIX semaphores, Python's multiprocessing locks).
         writable: ["/workspace", "/tmp", "/run", "/dev", "/dev/shm"].iter().map(PathBuf::from).collect(),
         allow_raw_sockets: spec.allow_raw_sockets,
-        nproc_max: spec.nproc_max,
+        nproc_max: go.nproc_max,
     };
     let agent = if spec.image_root.is_some() { "/init" } else { "/.cordon-agent" };
     let layers = match super::confine::apply(&confine) {

@@ -69,7 +69,7 @@ impl Drop for Guard {
             let _ = c.start_kill();
             let until = std::time::Instant::now() + Duration::from_secs(2);
             while !matches!(c.try_wait(), Ok(Some(_)) | Err(_)) && std::time::Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         if let Some(cg) = &self.cgroup {
@@ -147,7 +147,6 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         stage,
         token: token.clone(),
         allow_raw_sockets: false,
-        nproc_max: None,
     };
 
     let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
@@ -168,6 +167,12 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         j.track(pid, "ns-init");
     }
     guard.init = Some(child);
+    // ns-init starts its work while the cgroup is made; it waits for the id
+    // maps (and the cgroup) before building the sandbox's namespaces.
+    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
+    line.push(b'\n');
+    use std::io::Write;
+    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
 
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
     let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &token[..12]), &limits);
@@ -177,16 +182,9 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         let _ = std::fs::write(d.join("cgroups"), dirs.join("\n"));
     }
     guard.cgroup = cg;
-    let mut spec = spec;
-    if !layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids") {
-        spec.nproc_max = Some(plan.pids_max);
-    }
-
-    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
-    line.push(b'\n');
-    use std::io::Write;
-    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
-    let maps = IdMaps { root, uid_base, gid_base, len: map_len };
+    let nproc_max =
+        (!layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids")).then_some(plan.pids_max);
+    let maps = IdMaps { root, uid_base, gid_base, len: map_len, nproc_max };
     let cg_ref = guard.cgroup.as_ref();
     let handshake = handshake(&mut sync_ours, &maps, cg_ref);
     let (tap, confined) = match handshake {
@@ -221,6 +219,8 @@ struct IdMaps {
     uid_base: u32,
     gid_base: u32,
     len: u32,
+    /// Sent with `go`: the pids limit as RLIMIT_NPROC where no cgroup holds it.
+    nproc_max: Option<u64>,
 }
 
 impl IdMaps {
@@ -254,7 +254,8 @@ fn handshake(
                 if let Some(cg) = cg {
                     cg.add(pid).map_err(|e| format!("moving the sandbox into its cgroup: {e}"))?;
                 }
-                sync.write_all(init::GO).map_err(|e| format!("ns-init went away: {e}"))?;
+                let go = init::Go { nproc_max: maps.nproc_max };
+                sync.write_all(&go.line()).map_err(|e| format!("ns-init went away: {e}"))?;
             }
             Report::Confined { layers } => return Ok((tap, layers)),
             Report::Failed { step, error } => return Err(format!("{step}: {error}")),
