@@ -3,7 +3,8 @@
 //!
 //! Order of judgement:
 //! 1. An IPv6 destination embedding an IPv4 one (IPv4-mapped, -compatible,
-//!    NAT64 64:ff9b::/96, 6to4 2002::/16) is judged as that IPv4 address.
+//!    NAT64 64:ff9b::/96 and the local-use 64:ff9b:1::/48 by their last 32
+//!    bits, 6to4 2002::/16) is judged as that IPv4 address.
 //! 2. The gateway address (which passt maps to the host's loopback) is
 //!    reachable only through a matching `host:PORT` rule.
 //! 3. Guarded addresses (`guard.rs`: the host's own addresses, link-local
@@ -104,7 +105,13 @@ pub fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(tail); // ::a.b.c.d (deprecated compatible), not :: or ::1
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return Some(tail); // NAT64 well-known prefix
+        return Some(tail); // NAT64 well-known prefix 64:ff9b::/96
+    }
+    if s[..3] == [0x64, 0xff9b, 1] {
+        // NAT64 local-use prefix 64:ff9b:1::/48 (RFC 8215): the operator
+        // picks the prefix length inside it; judged like the well-known
+        // prefix, by the last 32 bits (the /96 layout).
+        return Some(tail);
     }
     if s[0] == 0x2002 {
         return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])); // 6to4
@@ -322,6 +329,13 @@ mod tests {
             ("::1.2.3.4", Some("1.2.3.4")),
             ("64:ff9b::1.2.3.4", Some("1.2.3.4")),
             ("2002:0102:0304::1", Some("1.2.3.4")),
+            // RFC 8215 local-use NAT64: whatever the operator's prefix
+            // length inside the /48, judged by the last 32 bits.
+            ("64:ff9b:1::1.2.3.4", Some("1.2.3.4")),
+            ("64:ff9b:1:abcd:ef01:2345:a9fe:a9fe", Some("169.254.169.254")),
+            ("64:ff9b:1:ffff:ffff:ffff:7f00:1", Some("127.0.0.1")),
+            ("64:ff9b:2::1.2.3.4", None),
+            ("64:ff9b:0:1::1.2.3.4", None),
             ("::1", None),
             ("::", None),
             ("2001:db8::1", None),
@@ -370,6 +384,8 @@ mod tests {
             "127.0.0.1",
             "::1",
             "::ffff:169.254.169.254",
+            "64:ff9b:1::169.254.169.254",
+            "64:ff9b:1:1:2:3:7f00:1",
         ] {
             assert_eq!(v(&full, ip, 80), Verdict::Deny, "{ip}");
         }
@@ -456,7 +472,14 @@ mod tests {
     #[test]
     fn test_embedded_v4_cannot_bypass_v4_deny() {
         let p = pol(&["::/0"], &["203.0.113.0/24"], true);
-        for ip in ["::ffff:203.0.113.5", "64:ff9b::203.0.113.5", "2002:cb00:7105::1", "::203.0.113.5"] {
+        for ip in [
+            "::ffff:203.0.113.5",
+            "64:ff9b::203.0.113.5",
+            "64:ff9b:1::203.0.113.5",
+            "64:ff9b:1:42::cb00:7105",
+            "2002:cb00:7105::1",
+            "::203.0.113.5",
+        ] {
             let d = decide(&p, ip, Proto::Tcp, 80);
             assert_eq!(d.verdict, Verdict::Deny, "{ip} {d:?}");
             assert!(d.by.contains("embedded"), "{d:?}");
