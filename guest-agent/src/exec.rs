@@ -34,6 +34,12 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 pub struct ExecCtx {
     pub reaper: Arc<Reaper>,
     pub cgroups: Option<CgroupRoot>,
+    /// PID 1 of a PID namespace without per-exec cgroups (the namespace
+    /// backend): when an exec ends and no other runs, everything else in the
+    /// namespace is killed, so a step's setsid'd daemon cannot outlive it.
+    pub sweep_namespace: bool,
+    /// Execs running now.
+    pub running: std::sync::atomic::AtomicUsize,
 }
 
 /// What the runner asks of a running exec besides its stdin.
@@ -82,6 +88,7 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
             return;
         }
     };
+    ctx.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     out.msg(stream, &Message::Started { pid: sp.tree.pgid as u32 }).await;
 
     let pump_out = tokio::spawn(pump(out.clone(), stream, Kind::STDOUT, stdout_win.clone(), sp.stdout));
@@ -125,6 +132,12 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
     }
     if !we_killed {
         terminate(tree.clone(), grace).await;
+    }
+    let others = ctx.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) > 1;
+    if ctx.sweep_namespace && tree.cgroup.is_none() && !others {
+        // SAFETY: kill(2) with -1 from PID 1 of a PID namespace reaches every
+        // other process of that namespace and nothing outside it.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
     }
 
     let drain = async {

@@ -141,7 +141,12 @@ fn serve(
             }
         }
         let agent = Arc::new(server::Agent {
-            exec: Arc::new(exec::ExecCtx { reaper, cgroups }),
+            exec: Arc::new(exec::ExecCtx {
+                reaper,
+                cgroups,
+                sweep_namespace: std::process::id() == 1 && std::env::var_os(cordon_protocol::boot::MODE_ENV).is_some(),
+                running: Default::default(),
+            }),
             token,
             slot: server::Slot::default(),
             ready: cordon_protocol::Ready {

@@ -364,6 +364,9 @@ async fn run_step(
     // window closes), never this loop.
     let queue = out.sender();
     let mut pending: Option<output::Chunk> = None;
+    // Where the backend counts OOM kills outside the guest (a namespace
+    // sandbox's cgroup), a kill during the step is reported as the step's.
+    let oom_base = sb.guard.oom_kills();
     let mut sigpiped = false;
     let end = loop {
         tokio::select! {
@@ -375,11 +378,15 @@ async fn run_step(
             ev = h.next_event(), if pending.is_none() => match ev.map_err(agent_err)? {
                 ExecEvent::Stdout(b) => pending = Some(out.format(&step.name, 0, &b)),
                 ExecEvent::Stderr(b) => pending = Some(out.format(&step.name, 1, &b)),
-                ExecEvent::Exit(st) => break match stop.why {
-                    Some(why) => StepEnd::Stopped(why, Some(st)),
-                    None => StepEnd::Exited(st),
-                },
+                ExecEvent::Exit(mut st) => {
+                    st.oom_killed |= oom_base.is_some_and(|b| sb.guard.oom_kills().unwrap_or(b) > b);
+                    break match stop.why {
+                        Some(why) => StepEnd::Stopped(why, Some(st)),
+                        None => StepEnd::Exited(st),
+                    };
+                }
             },
+
             _ = out.stdout_closed(), if !sigpiped => {
                 // As in a shell pipeline: the writer learns its reader is gone.
                 sigpiped = true;

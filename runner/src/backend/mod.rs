@@ -113,6 +113,13 @@ pub trait SandboxGuard: Send {
     fn diagnostics(&self) -> String {
         String::new()
     }
+
+    /// Out-of-memory kills in the sandbox so far, where the backend counts
+    /// them outside the guest (the namespace backend's cgroup); `None` where
+    /// the agent reports them itself.
+    fn oom_kills(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Sandbox {

@@ -51,6 +51,9 @@ pub struct Spec {
     pub stage: PathBuf,
     pub token: String,
     pub allow_raw_sockets: bool,
+    /// The gid range allowed unprivileged ICMP sockets in the tap's network
+    /// namespace (its sysctl starts closed, "1 0").
+    pub ping_gids: Option<(u32, u32)>,
 }
 
 /// Messages from ns-init to cordon, one JSON line each.
@@ -154,6 +157,11 @@ pub fn main() -> ! {
         };
         if let Err(e) = super::tap::configure(&spec.busybox, "tap0", net) {
             fail(&mut sync, "configuring the tap device", e);
+        }
+        if let Some((lo, hi)) = spec.ping_gids {
+            if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ping_group_range", format!("{lo} {hi}")) {
+                fail(&mut sync, "allowing ICMP sockets in the sandbox's network", e);
+            }
         }
         send_fd(&mut sync, &Report::Tap, &tap);
         drop(tap);

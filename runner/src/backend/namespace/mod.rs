@@ -55,6 +55,10 @@ struct Guard {
 }
 
 impl super::SandboxGuard for Guard {
+    fn oom_kills(&self) -> Option<u64> {
+        self.cgroup.as_ref().map(|c| c.oom_kills())
+    }
+
     fn diagnostics(&self) -> String {
         let log = self.dir.as_ref().map(|d| crate::backend::vm::console::file_tail(&d.path().join("ns.log"), 20));
         log.unwrap_or_default()
@@ -147,6 +151,9 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         stage,
         token: token.clone(),
         allow_raw_sockets: false,
+        // ICMP echo through unprivileged ICMP sockets for the sandbox's ids
+        // (no raw sockets there); the gate judges it like any flow.
+        ping_gids: (root && plan.gated()).then_some((gid_base, gid_base + map_len - 1)),
     };
 
     let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
