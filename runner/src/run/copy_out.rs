@@ -96,7 +96,7 @@ pub async fn copy_all(
                 }
                 if out.json {
                     out.event(json!({"event": "artifact_copied", "path": guest, "entries": c.entries,
-                        "bytes": c.size, "to": dest.path(), "replaced": c.replaced, "skipped": c.skipped}))?;
+                        "bytes": c.size, "to": dest.path(), "replaced": c.replaced, "skipped": c.skipped})).await?;
                 }
             }
             Err(Failure::Agent(
@@ -108,7 +108,7 @@ pub async fn copy_all(
                 failed += 1;
                 say(&format!("artifact {guest} not copied: {why}"));
                 if out.json {
-                    out.event(json!({"event": "artifact_failed", "path": guest, "message": why.to_string()}))?;
+                    out.event(json!({"event": "artifact_failed", "path": guest, "message": why.to_string()})).await?;
                 }
             }
         }
