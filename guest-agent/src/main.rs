@@ -59,6 +59,10 @@ fn main() {
     }
     // Before any thread starts: the environment is process-global.
     let token = token::from_env();
+    // Nothing this process inherited beyond stdio reaches a step: not
+    // whatever cordon's own launcher left open, not the control socket.
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     if std::env::var_os(cordon_protocol::boot::MODE_ENV).is_some() {
         // A namespace sandbox's steps share this process's uid: keep them out
         // of /proc/1/environ (the token's first copy) and /proc/1/mem.

@@ -149,7 +149,8 @@ fn apply_rlimits(nproc_max: Option<u64>) -> Result<Layer, ConfineError> {
     }
     let mut summary = rlimit_summary();
     if let Some(n) = nproc_max {
-        summary.push_str(&format!("; nproc lowered to {n}, the pids limit, as no pids cgroup holds it"));
+        summary
+            .push_str(&format!("; nproc lowered to {}, the pids limit, as no pids cgroup holds it", n.min(NPROC_MAX)));
     }
     Ok(Layer { name: LAYER_RLIMITS.into(), enforced: true, detail: summary })
 }

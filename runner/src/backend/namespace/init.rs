@@ -49,6 +49,8 @@ pub struct Spec {
     pub hostname: String,
     /// An empty directory where the new root is assembled.
     pub stage: PathBuf,
+    /// Size of the sandbox's /tmp and /dev/shm.
+    pub tmpfs_bytes: u64,
     pub token: String,
     pub allow_raw_sockets: bool,
     /// The gid range allowed unprivileged ICMP sockets in the tap's network
@@ -140,6 +142,16 @@ fn prepare(sync: &mut UnixStream, plan: &RootPlan, _: CloneFlags) {
 
 /// The entry point of `cordon __ns-init`.
 pub fn main() -> ! {
+    // Only stdio, the control socket and the sync socket go on: a descriptor
+    // cordon's launcher leaked (a socket of the host's network, a directory)
+    // must never reach the sandbox.
+    // SAFETY: close_range on descriptors this process does not use.
+    unsafe { libc::syscall(libc::SYS_close_range, (SYNC_FD + 1) as u32, u32::MAX, 0u32) };
+    // As the host's root still: ns-init (the sandbox's anchor outside it)
+    // is never the OOM killer's pick; PID 1 goes back to 0 after the fork.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
     // SAFETY: cordon passes the sync socket as fd 4; nothing else owns it.
     let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
     let spec: Spec = match read_line(&mut sync).map(|l| serde_json::from_slice(&l)) {
@@ -173,6 +185,7 @@ pub fn main() -> ! {
         resolv: spec.resolv.clone(),
         hostname: spec.hostname.clone(),
         stage: spec.stage.clone(),
+        tmpfs_bytes: spec.tmpfs_bytes,
     };
     let root = nix::unistd::geteuid().is_root();
     if root {
@@ -189,7 +202,7 @@ pub fn main() -> ! {
         Ok(Err(e)) => fail(&mut sync, "waiting for the id maps", e),
         Err(e) => fail(&mut sync, "waiting for the id maps", e),
     };
-    become_root(&mut sync);
+    become_root(&mut sync, parent);
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
@@ -219,7 +232,9 @@ pub fn main() -> ! {
         Ok(nix::unistd::ForkResult::Child) => {}
         Err(e) => fail(&mut sync, "forking the sandbox's init", e),
     }
-    // PID 1 of the sandbox from here on.
+    // PID 1 of the sandbox from here on: back within the OOM killer's reach
+    // (raising the score needs no privilege), like everything it starts.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if spec.tap.is_none() {
@@ -247,7 +262,7 @@ pub fn main() -> ! {
 
 /// Root (0) inside the new user namespace, with no supplementary host groups
 /// where the maps allow dropping them.
-fn become_root(sync: &mut UnixStream) {
+fn become_root(sync: &mut UnixStream, parent: libc::pid_t) {
     let _ = nix::unistd::setgroups(&[]);
     let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
     if let Err(e) = nix::unistd::setresgid(root.0, root.0, root.0) {
@@ -255,6 +270,15 @@ fn become_root(sync: &mut UnixStream) {
     }
     if let Err(e) = nix::unistd::setresuid(root.1, root.1, root.1) {
         fail(sync, "becoming the sandbox's root (uid)", e);
+    }
+    // Changing credentials cleared the death signal cordon set; set it again,
+    // and go if cordon is already gone.
+    // SAFETY: prctl and getppid with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
     }
 }
 

@@ -149,6 +149,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         tap: plan.gated().then(|| crate::netfilter::guest_net_spec().to_string()),
         hostname: "cordon".into(),
         stage,
+        tmpfs_bytes: plan.step_memory_max,
         token: token.clone(),
         allow_raw_sockets: false,
         // ICMP echo through unprivileged ICMP sockets for the sandbox's ids
@@ -182,7 +183,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
 
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
-    let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &token[..12]), &limits);
+    // Its own random name: cgroup paths are world-readable, the token is not.
+    let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &new_token()[..12]), &limits);
     if let Some(cg) = &cg {
         // For the janitor: a SIGKILLed cordon must not leave them behind.
         let dirs: Vec<String> = cg.dirs().iter().map(|p| p.display().to_string()).collect();
@@ -306,7 +308,7 @@ fn next_report(sync: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(Report, Opti
 /// confinement and the cgroup).
 fn core_layers(plan: &Plan, root: bool, uid_base: u32) -> Vec<Layer> {
     let fs = match plan.rootfs {
-        RootfsChoice::Image => "the image's rootfs, read-only; writable: /workspace, /tmp, /run",
+        RootfsChoice::Image => "the image's rootfs, read-only; writable: /workspace, /tmp, /run, /dev/shm",
         RootfsChoice::Host => "the host's /usr, /bin, /lib*, /etc read-only (no /root, /home, /etc/shadow)",
     };
     let net = if plan.gated() { "a tap through the egress gate" } else { "loopback only" };

@@ -58,6 +58,10 @@ pub struct RootPlan {
     /// An empty directory of cordon's (in its private temp dir) where this
     /// mount namespace assembles the new root on a tmpfs nobody else sees.
     pub stage: PathBuf,
+    /// Bytes each of /tmp and /dev/shm may hold (the step's memory: tmpfs
+    /// pages are memory, and a normal user's sandbox may have no memory
+    /// cgroup to charge them to); /run gets a sixteenth of it.
+    pub tmpfs_bytes: u64,
 }
 
 /// Host paths never visible with `--rootfs host`, even under /etc.
@@ -146,7 +150,9 @@ pub fn prepare_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
     ] {
         sys.symlink(Path::new(target), &at("dev").join(name))?;
     }
-    sys.mount(Some(&plan.workspace), &at("workspace"), None, MsFlags::MS_BIND | nosuid_nodev, None)?;
+    sys.mount(Some(&plan.workspace), &at("workspace"), None, MsFlags::MS_BIND, None)?;
+    // A plain bind ignores nosuid/nodev; only a remount of the bind sets them.
+    sys.mount(None, &at("workspace"), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | nosuid_nodev, None)?;
     if let Some(resolv) = &plan.resolv {
         if sys.kind(&at("etc/resolv.conf")).is_some() {
             sys.mount(Some(resolv), &at("etc/resolv.conf"), None, MsFlags::MS_BIND, None)?;
@@ -186,9 +192,11 @@ pub fn finish_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
-    sys.mount(Some(Path::new("tmpfs")), &at("dev/shm"), Some("tmpfs"), noexec, Some("mode=1777"))?;
-    sys.mount(Some(Path::new("tmpfs")), &at("tmp"), Some("tmpfs"), nosuid_nodev, Some("mode=1777"))?;
-    sys.mount(Some(Path::new("tmpfs")), &at("run"), Some("tmpfs"), nosuid_nodev, Some("mode=0755"))?;
+    let (big, small) = (plan.tmpfs_bytes.max(1 << 20), (plan.tmpfs_bytes / 16).max(1 << 20));
+    let opts = |mode: &str, size: u64| format!("mode={mode},size={size},nr_inodes={}", (size / 4096).max(1024));
+    sys.mount(Some(Path::new("tmpfs")), &at("dev/shm"), Some("tmpfs"), noexec, Some(&opts("1777", big)))?;
+    sys.mount(Some(Path::new("tmpfs")), &at("tmp"), Some("tmpfs"), nosuid_nodev, Some(&opts("1777", big)))?;
+    sys.mount(Some(Path::new("tmpfs")), &at("run"), Some("tmpfs"), nosuid_nodev, Some(&opts("0755", small)))?;
     sys.mkdir(&at("run/cordon"))?;
     sys.pivot_root(&r)?;
     sys.sethostname(&plan.hostname)

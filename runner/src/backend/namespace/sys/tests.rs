@@ -91,6 +91,7 @@ fn plan(image: Option<&str>) -> RootPlan {
         resolv: Some(PathBuf::from("/scratch/resolv.conf")),
         hostname: "cordon".into(),
         stage: PathBuf::from("/tmp"),
+        tmpfs_bytes: 64 << 20,
     }
 }
 
