@@ -87,13 +87,40 @@ pub fn guard(ip: IpAddr, env: &Env) -> Option<Guard> {
 }
 
 /// Whether the allow rule `rule`, which matches a guarded destination, names
-/// it explicitly enough to open it.
+/// it explicitly enough to open it (and may open guarded destinations at all).
 pub fn opens(rule: &Rule, g: &Guard) -> bool {
+    if !rule.may_open_guarded {
+        return false;
+    }
     match &rule.target {
         Target::Private => true,
         Target::Metadata => g.metadata,
         Target::Cidr(c) => c.prefix >= g.range.prefix && g.range.contains(c.addr),
         Target::Domain { .. } | Target::Host => false,
+    }
+}
+
+/// What guarded destination the allow rule `rule` would open, if any: the
+/// gateway's `host:PORT`, the `private` and `metadata` tokens, a CIDR lying
+/// inside a guarded range, or exactly one of the host's addresses
+/// `host_addrs` (as they are now). Used to refuse such rules from a job file
+/// the user did not trust; `Rule::may_open_guarded` keeps the refusal true
+/// when the host's addresses change later.
+pub fn names_guarded(rule: &Rule, host_addrs: &[IpAddr]) -> Option<&'static str> {
+    if rule.action != super::rule::Action::Allow {
+        return None;
+    }
+    match &rule.target {
+        Target::Host => Some("the host's loopback services"),
+        Target::Private => Some("private addresses, the host's own among them"),
+        Target::Metadata => Some("the cloud metadata endpoints"),
+        Target::Domain { .. } => None,
+        Target::Cidr(c) => {
+            if c.prefix == c.max_prefix() && host_addrs.iter().any(|h| effective(*h) == c.addr) {
+                return Some("the host's own address");
+            }
+            ranges().iter().find(|(r, _)| c.prefix >= r.prefix && r.contains(c.addr)).map(|(_, r)| r.why)
+        }
     }
 }
 
@@ -197,6 +224,58 @@ mod tests {
         for (ip, rule, want) in cases {
             assert_eq!(opens(&allow(rule), &g(ip).unwrap()), want, "{rule} opening {ip}");
         }
+    }
+
+    #[test]
+    fn test_untrusted_rules_never_open_guarded() {
+        let allow = |s: &str| parse(s, Action::Allow).unwrap();
+        for (ip, rule) in [
+            ("169.254.169.254", "169.254.169.254"),
+            ("169.254.169.254", "metadata"),
+            ("169.254.169.254", "private"),
+            ("224.0.0.1", "udp/224.0.0.1"),
+            ("192.0.2.2", "192.0.2.2"),
+            ("192.0.2.2", "private"),
+        ] {
+            assert!(opens(&allow(rule), &g(ip).unwrap()), "positive control: {rule} opens {ip}");
+            assert!(!opens(&allow(rule).untrusted(), &g(ip).unwrap()), "untrusted {rule} opening {ip}");
+        }
+    }
+
+    #[test]
+    fn test_names_guarded_table() {
+        let hosts: Vec<IpAddr> = vec!["192.0.2.2".parse().unwrap(), "::ffff:198.51.100.7".parse().unwrap()];
+        let cases = [
+            ("host:8765", Some("the host's loopback services")),
+            ("tcp/host:22", Some("the host's loopback services")),
+            ("private", Some("private addresses, the host's own among them")),
+            ("metadata", Some("the cloud metadata endpoints")),
+            ("169.254.169.254", Some("link-local (cloud metadata and credentials)")),
+            ("169.254.0.0/16:80", Some("link-local (cloud metadata and credentials)")),
+            ("[fd00:ec2::254]:80", Some("AWS metadata (IPv6)")),
+            ("[fe80::/64]", Some("IPv6 link-local")),
+            ("udp/224.0.0.251:5353", Some("multicast")),
+            ("255.255.255.255", Some("broadcast")),
+            ("127.0.0.1:22", Some("loopback")),
+            ("[::1]:22", Some("loopback")),
+            ("168.63.129.16", Some("Azure wire server")),
+            ("100.100.100.200", Some("Alibaba Cloud metadata")),
+            ("0.1.2.3", Some("unspecified address")),
+            ("192.0.2.2", Some("the host's own address")),
+            ("tcp/192.0.2.2:22", Some("the host's own address")),
+            ("198.51.100.7", Some("the host's own address")),
+            // Wide CIDRs never open guarded destinations anyway.
+            ("192.0.2.0/24", None),
+            ("0.0.0.0/0", None),
+            ("169.0.0.0/8", None),
+            ("203.0.113.0/24:443", None),
+            ("*.crates.io:443", None),
+            ("168.63.129.17", None),
+        ];
+        for (rule, want) in cases {
+            assert_eq!(names_guarded(&parse(rule, Action::Allow).unwrap(), &hosts), want, "{rule}");
+        }
+        assert_eq!(names_guarded(&parse("metadata", Action::Deny).unwrap(), &hosts), None, "deny opens nothing");
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod rule;
 use rule::{Action, Cidr, Proto, Rule, Target};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use guard::{guard, host_address_notes, is_metadata, Guard};
+pub use guard::{guard, host_address_notes, is_metadata, names_guarded, Guard};
 pub use rule::RuleError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -248,6 +248,7 @@ impl Policy {
         if env.gateways.iter().any(|g| effective(*g) == ip) {
             let allowed = self.rules.iter().find(|r| {
                 r.action == Action::Allow
+                    && r.may_open_guarded
                     && r.target == Target::Host
                     && r.proto.is_none_or(|p| p == d.proto)
                     && r.ports.is_some_and(|(lo, hi)| d.proto != Proto::Icmp && (lo..=hi).contains(&d.port))
@@ -453,6 +454,27 @@ mod tests {
         assert_eq!(v(&pol(&["[fd00::2]"], &[], false), "fd00::2", 22), Verdict::Allow);
         assert_eq!(v(&pol(&["private"], &[], false), "fd00::2", 22), Verdict::Allow);
         assert!(pol(&["192.0.2.2"], &[], false).host_address_notes(&env()).is_empty());
+    }
+
+    #[test]
+    fn test_untrusted_rules_open_only_ordinary_destinations() {
+        let untrusted = |allow: &[&str]| {
+            let p = pol(allow, &[], false);
+            Policy::new(p.rules.into_iter().map(Rule::untrusted).collect(), false)
+        };
+        for (rule, ip, port) in [
+            ("host:8080", "10.0.2.2", 8080),
+            ("192.0.2.2", "192.0.2.2", 22),
+            ("private", "192.0.2.2", 22),
+            ("metadata", "169.254.169.254", 80),
+            ("169.254.169.254", "169.254.169.254", 80),
+            ("[fd00::2]", "fd00::2", 22),
+        ] {
+            assert_eq!(v(&pol(&[rule], &[], false), ip, port), Verdict::Allow, "positive control: {rule}");
+            assert_eq!(v(&untrusted(&[rule]), ip, port), Verdict::Deny, "untrusted {rule} opened {ip}");
+        }
+        assert_eq!(v(&untrusted(&["203.0.113.0/24"]), "203.0.113.7", 80), Verdict::Allow);
+        assert_eq!(v(&untrusted(&["private"]), "10.1.2.3", 80), Verdict::Allow, "private's ordinary ranges");
     }
 
     #[test]

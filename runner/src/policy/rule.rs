@@ -88,6 +88,18 @@ pub struct Rule {
     pub proto: Option<Proto>,
     pub target: Target,
     pub ports: Option<(u16, u16)>,
+    /// Whether the rule may open guarded destinations (`guard.rs`) at all:
+    /// false for a rule from a job file the user did not trust
+    /// (`--trust-job`). Such a rule only ever opens ordinary destinations,
+    /// even when the host later gains the address it names.
+    pub may_open_guarded: bool,
+}
+
+impl Rule {
+    /// The same rule, never opening a guarded destination.
+    pub fn untrusted(self) -> Rule {
+        Rule { may_open_guarded: false, ..self }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -200,7 +212,7 @@ pub fn parse(text: &str, action: Action) -> Result<Rule, RuleError> {
     if proto == Some(Proto::Icmp) && ports.is_some() {
         return Err(err("icmp has no ports".into()));
     }
-    Ok(Rule { text: text.to_string(), action, proto, target, ports })
+    Ok(Rule { text: text.to_string(), action, proto, target, ports, may_open_guarded: true })
 }
 
 #[cfg(test)]
