@@ -151,6 +151,17 @@ pub struct RunArgs {
     /// (default 4G); an artifact past the limit is not copied
     #[arg(long, value_name = "SIZE")]
     pub max_artifacts_size: Option<String>,
+    /// Give up copying the artifacts out after this long in all (default
+    /// 10m): the run ends with 124 and the rest are not copied
+    #[arg(long, value_name = "DURATION")]
+    pub artifacts_timeout: Option<String>,
+    /// Trust the job file (-f): its network rules may open guarded
+    /// destinations (host:PORT, private, metadata, the host's own addresses,
+    /// link-local, loopback, multicast) and its memory, cpus, pids,
+    /// max_artifacts_size and artifacts_timeout may exceed what this host
+    /// has and the defaults. Without it such a job file is refused (exit 120)
+    #[arg(long)]
+    pub trust_job: bool,
     /// Do not forward cordon's stdin to the step (it gets /dev/null)
     #[arg(long)]
     pub no_stdin: bool,

@@ -1,5 +1,8 @@
 //! The cordon.toml schema. Parsed strictly (unknown keys are errors) and
-//! turned into a Plan by plan.rs; nothing here is trusted downstream.
+//! turned into a Plan by plan.rs; nothing here is trusted downstream. A job
+//! file may come from an untrusted checkout: plan.rs keeps its paths inside
+//! its directory, and without `--trust-job` its network rules away from
+//! guarded destinations and its limits within the host's and the defaults.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -32,6 +35,9 @@ pub struct JobFile {
     pub artifacts_dir: Option<PathBuf>,
     /// Most bytes of archives the run may bring out, e.g. "500M"; default "4G".
     pub max_artifacts_size: Option<String>,
+    /// Most time copying the artifacts out may take in all, e.g. "2m";
+    /// default "10m".
+    pub artifacts_timeout: Option<String>,
     /// Environment for every step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

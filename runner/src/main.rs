@@ -33,6 +33,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::BAD_CONFIG);
                 }
             };
+            if let Some(line) = plan.network_source() {
+                cordon::term::say(&line);
+            }
             // One thread: PR_SET_PDEATHSIG of helpers is tied to the spawning
             // thread, which must live as long as the run.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();

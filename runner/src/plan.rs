@@ -1,11 +1,23 @@
 //! The validated form of a job: flags and cordon.toml merged (flags win),
 //! every value checked once. Code that takes a Plan never re-checks it.
+//!
+//! A job file may come from an untrusted checkout. Unless the user passes
+//! `--trust-job`, what it says is held to what cannot harm the host: its
+//! paths stay below its own directory (the artifacts dir: no dot component,
+//! one cordon made), its network rules open no guarded destination (and are
+//! marked so the gate never lets them, whatever the host's addresses become),
+//! its memory and cpus stay within what this host has and its pids,
+//! max_artifacts_size and artifacts_timeout within the defaults. The same
+//! values from the command line are the user's own.
 
+use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::RunArgs;
 use crate::job::{JobFile, StepFile};
+use crate::policy::rule::{Action, Rule};
 
 /// Where the workspace lives in the guest.
 pub const GUEST_WORKSPACE: &str = "/workspace";
@@ -101,8 +113,19 @@ pub struct Plan {
     /// the command line, or the job file's own directory); the components
     /// below it are never followed through a symlink.
     pub artifacts_dir: crate::artifacts::Destination,
+    /// The job file named the artifacts dir: cordon writes there only when
+    /// it made that directory itself (`crate::artifacts::prepare_dir`).
+    pub artifacts_dir_from_job: bool,
     /// Most bytes of archives one run may bring out of the sandbox.
     pub max_artifacts_size: u64,
+    /// Most time copying the artifacts out may take in all.
+    pub artifacts_timeout: Duration,
+    /// The job file (`-f`), if any.
+    pub job_file: Option<PathBuf>,
+    /// The job file set the network mode or rules (`network_source`).
+    pub network_from_job: bool,
+    /// `--trust-job`: the job file's rules and limits were not bounded.
+    pub trust_job: bool,
     pub steps: Vec<Step>,
     /// Forward cordon's stdin to the (single) step.
     pub stdin: bool,
@@ -135,10 +158,18 @@ pub enum PlanError {
     BadStep(String),
     #[error("artifact path {0:?} is invalid: it must be non-empty and must not contain `..`")]
     BadArtifact(String),
+    #[error("artifact path {0:?} would land on cordon's marker file {marker} in the artifacts dir", marker = crate::artifacts::MARKER)]
+    ReservedArtifact(String),
     #[error("workspace {0} is not a directory")]
     BadWorkspace(String),
     #[error("the job file's {what} {path} is outside the job file's directory {dir}; only a command-line flag may name such a path")]
     OutsideJobDir { what: &'static str, path: String, dir: String },
+    #[error("job file {file}: artifacts_dir {path:?} {why}; only --artifacts-dir on the command line may name such a directory")]
+    JobArtifactsDir { file: String, path: String, why: String },
+    #[error("job file {file}: allow rule {rule:?} opens {what}; a job file may open guarded destinations only when you trust it: pass --trust-job, or give the rule yourself (--allow {rule:?})")]
+    UntrustedRule { file: String, rule: String, what: String },
+    #[error("job file {file}: {key} = {value:?} is more than {limit}; a job file may raise it only when you trust it: pass --trust-job, or set {flag} on the command line")]
+    UntrustedLimit { file: String, key: &'static str, value: String, limit: String, flag: &'static str },
     #[error("-t/--tty needs a single command, not a job file")]
     TtyWithFile,
     #[error("--rootfs host is for the namespace backend only (pass --isolation namespace)")]
@@ -155,6 +186,49 @@ impl Plan {
     /// Whether traffic goes through the egress gate (and passt).
     pub fn gated(&self) -> bool {
         self.net == NetMode::Full || !self.rules.is_empty()
+    }
+
+    /// The line `cordon run` prints first when the job file set the network
+    /// mode or rules, so a checkout never changes the policy unseen.
+    pub fn network_source(&self) -> Option<String> {
+        let file = self.job_file.as_ref().filter(|_| self.network_from_job)?;
+        let mode = match self.net {
+            NetMode::Off => "off",
+            NetMode::None => "none",
+            NetMode::Full => "full",
+        };
+        let list = |action: Action| {
+            self.rules.iter().filter(|r| r.action == action).map(|r| r.text.as_str()).collect::<Vec<_>>().join(", ")
+        };
+        let trusted = if self.trust_job { " (trusted: --trust-job)" } else { "" };
+        Some(format!(
+            "network policy from {}: mode {mode}, allow [{}], deny [{}]{trusted}",
+            file.display(),
+            list(Action::Allow),
+            list(Action::Deny)
+        ))
+    }
+}
+
+/// What this host can give: the bounds of a job file not trusted with
+/// `--trust-job`. Read only when such a job file is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The host's own addresses: a job file may not name one exactly.
+    pub addrs: Vec<IpAddr>,
+    /// Memory available to this process (`resources::available_memory_mib`).
+    pub memory_mib: u64,
+    /// CPUs available to this process (`resources::available_cpus`).
+    pub cpus: u32,
+}
+
+impl HostFacts {
+    pub fn probe() -> HostFacts {
+        HostFacts {
+            addrs: crate::netfilter::host_addresses(),
+            memory_mib: crate::resources::available_memory_mib(),
+            cpus: crate::resources::available_cpus(),
+        }
     }
 }
 
@@ -223,6 +297,10 @@ fn step_from_file(
 /// The default of `--max-artifacts-size`.
 pub const DEFAULT_MAX_ARTIFACTS_SIZE: u64 = 4 << 30;
 
+/// The default of `--artifacts-timeout`: minutes for gigabytes even under
+/// TCG, and a bound on what a guest that stalls its agent can cost.
+pub const DEFAULT_ARTIFACTS_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// Parses `1024`, `512K`, `100M`, `4G`, `1T` (bytes, binary units).
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -258,17 +336,29 @@ fn inside_job_dir(what: &'static str, resolved: &Path, base: &Path) -> Result<()
     }
 }
 
-/// The plain names of a relative path without `..`, or `None`.
-fn plain_components(p: &Path) -> Option<Vec<std::ffi::OsString>> {
+/// The names below the job file's directory that a job file's
+/// `artifacts_dir` may use: `Err(None)` when it leaves that directory
+/// (absolute, `..`), `Err(Some(why))` when it names the directory itself or
+/// a dot path. Dot paths are where the host runs what it finds
+/// (`.git/hooks/pre-commit` runs at the next `git commit`, `.envrc`,
+/// `.vscode/tasks.json`, `.github/workflows`), so none is allowed at all.
+fn job_artifacts_dir(p: &Path) -> Result<Vec<OsString>, Option<&'static str>> {
+    use std::os::unix::ffi::OsStrExt;
     let mut out = Vec::new();
     for c in p.components() {
         match c {
             std::path::Component::Normal(n) => out.push(n.to_os_string()),
             std::path::Component::CurDir => {}
-            _ => return None,
+            _ => return Err(None),
         }
     }
-    (!out.is_empty()).then_some(out)
+    if out.is_empty() {
+        return Err(Some("is the job file's own directory: its files are the checkout's"));
+    }
+    if out.iter().any(|n| n.as_bytes().starts_with(b".")) {
+        return Err(Some("has a name starting with `.`, where the host may run what it finds (like .git/hooks)"));
+    }
+    Ok(out)
 }
 
 fn guest_artifact(a: &str) -> Result<String, PlanError> {
@@ -276,11 +366,37 @@ fn guest_artifact(a: &str) -> Result<String, PlanError> {
     if a.trim().is_empty() || Path::new(a).components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(bad());
     }
-    Ok(if a.starts_with('/') { a.to_string() } else { format!("{GUEST_WORKSPACE}/{}", a.trim_end_matches('/')) })
+    let g = if a.starts_with('/') { a.to_string() } else { format!("{GUEST_WORKSPACE}/{}", a.trim_end_matches('/')) };
+    if crate::run::artifact_host_path(&g).split('/').next() == Some(crate::artifacts::MARKER) {
+        return Err(PlanError::ReservedArtifact(a.to_string()));
+    }
+    Ok(g)
+}
+
+/// Refuses a job file's value above `limit` unless it is trusted.
+fn bounded<T: PartialOrd>(
+    file: &Option<String>,
+    key: &'static str,
+    flag: &'static str,
+    (value, text): (T, &str),
+    (limit, limit_text): (T, String),
+) -> Result<(), PlanError> {
+    match file {
+        Some(file) if value > limit => {
+            Err(PlanError::UntrustedLimit { file: file.clone(), key, value: text.to_string(), limit: limit_text, flag })
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Plan {
     pub fn from_args(a: &RunArgs) -> Result<Plan, PlanError> {
+        Plan::from_args_with(a, HostFacts::probe)
+    }
+
+    /// As `from_args`, with what this host can give from `host` (called
+    /// only for a job file not trusted with `--trust-job`).
+    pub fn from_args_with(a: &RunArgs, host: impl FnOnce() -> HostFacts) -> Result<Plan, PlanError> {
         let (file, base) = match &a.file {
             Some(_) if !a.command.is_empty() => return Err(PlanError::FileAndCommand),
             Some(path) => {
@@ -296,6 +412,9 @@ impl Plan {
         };
         let base = base.unwrap_or_default();
         let rel = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        // Some(the job file's name) when what it says must be bounded.
+        let untrusted = a.file.as_ref().filter(|_| !a.trust_job).map(|f| f.display().to_string());
+        let host = untrusted.as_ref().map(|_| host());
 
         let mut job_env = Vec::new();
         for (k, v) in &file.env {
@@ -347,6 +466,15 @@ impl Plan {
         if image != "default" {
             return Err(PlanError::UnknownImage(image));
         }
+        if let (Some(h), None, Some(n)) = (&host, a.cpus, file.cpus) {
+            bounded(
+                &untrusted,
+                "cpus",
+                "--cpus",
+                (n, &n.to_string()),
+                (h.cpus, format!("the {} CPUs this host has", h.cpus)),
+            )?;
+        }
         let cpus = match a.cpus.or(file.cpus) {
             Some(0) => return Err(PlanError::BadValue { what: "cpus".into(), why: "must be at least 1".into() }),
             Some(n) if n > 64 => return Err(PlanError::BadValue { what: "cpus".into(), why: "at most 64".into() }),
@@ -359,6 +487,14 @@ impl Plan {
             }
             None => crate::resources::default_memory_mib(),
         };
+        if let (Some(h), None, Some(m)) = (&host, &a.memory, &file.memory) {
+            let limit = format!("the {} MiB this host has available", h.memory_mib);
+            bounded(&untrusted, "memory", "--memory", (memory_mib, m), (h.memory_mib, limit))?;
+        }
+        if let (None, Some(n)) = (a.pids, file.pids) {
+            let limit = format!("the default {}", crate::resources::DEFAULT_PIDS);
+            bounded(&untrusted, "pids", "--pids", (n, &n.to_string()), (crate::resources::DEFAULT_PIDS, limit))?;
+        }
         let pids_max = match a.pids.or(file.pids) {
             Some(0) => return Err(PlanError::BadValue { what: "pids".into(), why: "must be at least 1".into() }),
             Some(n) => n,
@@ -377,9 +513,26 @@ impl Plan {
                 })
             }
         };
-        let allow: Vec<String> = a.allow.iter().chain(file.network.allow.iter()).cloned().collect();
-        let deny: Vec<String> = a.deny.iter().chain(file.network.deny.iter()).cloned().collect();
-        let rules = crate::policy::parse_rules(&allow, &deny)?;
+        let mut rules = crate::policy::parse_rules(&a.allow, &a.deny)?;
+        let file_rules = crate::policy::parse_rules(&file.network.allow, &file.network.deny)?;
+        if let (Some(name), Some(h)) = (&untrusted, &host) {
+            for r in &file_rules {
+                if let Some(what) = crate::policy::names_guarded(r, &h.addrs) {
+                    return Err(PlanError::UntrustedRule {
+                        file: name.clone(),
+                        rule: r.text.clone(),
+                        what: what.into(),
+                    });
+                }
+            }
+            rules.extend(file_rules.into_iter().map(Rule::untrusted));
+        } else {
+            rules.extend(file_rules);
+        }
+        let network_from_job = a.file.is_some()
+            && ((a.net.is_none() && file.network.mode.is_some())
+                || !file.network.allow.is_empty()
+                || !file.network.deny.is_empty());
         let net = match explicit {
             Some(NetMode::None) if !rules.is_empty() => return Err(PlanError::RulesWithoutGate("none")),
             Some(NetMode::Off) if !rules.is_empty() => return Err(PlanError::RulesWithoutGate("off")),
@@ -391,15 +544,33 @@ impl Plan {
             artifacts.push(guest_artifact(x)?);
         }
         let anchor = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base.clone() };
+        let artifacts_dir_from_job = a.artifacts_dir.is_none() && file.artifacts_dir.is_some();
         let artifacts_dir = match (&a.artifacts_dir, &file.artifacts_dir) {
             (Some(d), _) => crate::artifacts::Destination { anchor: d.clone(), below: vec![] },
             (None, Some(d)) => {
-                let below = plain_components(d).ok_or_else(|| PlanError::OutsideJobDir {
-                    what: "artifacts_dir",
+                let job_err = |why: String| PlanError::JobArtifactsDir {
+                    file: a.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default(),
                     path: d.display().to_string(),
-                    dir: anchor.display().to_string(),
+                    why,
+                };
+                let below = job_artifacts_dir(d).map_err(|why| match why {
+                    Some(why) => job_err(why.into()),
+                    None => PlanError::OutsideJobDir {
+                        what: "artifacts_dir",
+                        path: d.display().to_string(),
+                        dir: anchor.display().to_string(),
+                    },
                 })?;
-                crate::artifacts::Destination { anchor, below }
+                let dest = crate::artifacts::Destination { anchor, below };
+                crate::artifacts::check_dir(&dest).map_err(|e| match e {
+                    crate::artifacts::ArtifactError::NotCordons { .. } => job_err(format!(
+                        "exists and was not created by cordon (it holds no valid {} marker), so what is in it \
+                         is the checkout's or yours (remove it to let cordon make it)",
+                        crate::artifacts::MARKER
+                    )),
+                    e => job_err(format!("cannot be used: {e}")),
+                })?;
+                dest
             }
             (None, None) => crate::artifacts::Destination { anchor, below: vec!["cordon-artifacts".into()] },
         };
@@ -407,6 +578,18 @@ impl Plan {
             Some(s) => parse_size(s).map_err(|why| PlanError::BadValue { what: "max artifacts size".into(), why })?,
             None => DEFAULT_MAX_ARTIFACTS_SIZE,
         };
+        if let (None, Some(s)) = (&a.max_artifacts_size, &file.max_artifacts_size) {
+            let limit = (DEFAULT_MAX_ARTIFACTS_SIZE, "the default 4G".to_string());
+            bounded(&untrusted, "max_artifacts_size", "--max-artifacts-size", (max_artifacts_size, s), limit)?;
+        }
+        let artifacts_timeout = match a.artifacts_timeout.as_deref().or(file.artifacts_timeout.as_deref()) {
+            Some(t) => duration("artifacts timeout", t)?,
+            None => DEFAULT_ARTIFACTS_TIMEOUT,
+        };
+        if let (None, Some(t)) = (&a.artifacts_timeout, &file.artifacts_timeout) {
+            let limit = (DEFAULT_ARTIFACTS_TIMEOUT, "the default 10m".to_string());
+            bounded(&untrusted, "artifacts_timeout", "--artifacts-timeout", (artifacts_timeout, t), limit)?;
+        }
         Ok(Plan {
             isolation: a.isolation,
             accel: a.accel,
@@ -431,7 +614,12 @@ impl Plan {
             workspace,
             artifacts,
             artifacts_dir,
+            artifacts_dir_from_job,
             max_artifacts_size,
+            artifacts_timeout,
+            job_file: a.file.clone(),
+            network_from_job,
+            trust_job: a.trust_job,
             stdin: !a.no_stdin && steps.len() == 1 && a.file.is_none(),
             tty: a.tty,
             steps,
@@ -587,6 +775,160 @@ mod tests {
         let p = Plan::from_args(&args(&["-f", &f_arg])).unwrap();
         assert_eq!(p.artifacts_dir.anchor, job);
         assert_eq!(p.artifacts_dir.below, vec![std::ffi::OsString::from("out"), "arts".into()]);
+    }
+
+    fn facts() -> HostFacts {
+        HostFacts { addrs: vec!["192.0.2.2".parse().unwrap()], memory_mib: 1000, cpus: 2 }
+    }
+
+    /// Plan of a job file `body` (plus one step) with `extra` flags, on a
+    /// host of `facts()`.
+    fn job_plan(dir: &Path, body: &str, extra: &[&str]) -> Result<Plan, PlanError> {
+        let f = dir.join("cordon.toml");
+        std::fs::write(&f, format!("{body}\n[[steps]]\nrun = 'true'\n")).unwrap();
+        let mut v = vec!["-f", f.to_str().unwrap()];
+        v.extend_from_slice(extra);
+        Plan::from_args_with(&args(&v), facts)
+    }
+
+    #[test]
+    fn test_job_file_rules_open_no_guarded_destination_untrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        for rule in [
+            "host:8765",
+            "udp/host:53",
+            "private",
+            "metadata",
+            "169.254.169.254",
+            "169.254.0.0/16",
+            "[fe80::1]:22",
+            "[fd00:ec2::254]",
+            "127.0.0.1:22",
+            "224.0.0.251",
+            "192.0.2.2",
+            "tcp/192.0.2.2:22",
+        ] {
+            match job_plan(dir.path(), &format!("[network]\nallow = [{rule:?}]"), &[]) {
+                Err(PlanError::UntrustedRule { rule: r, .. }) => assert_eq!(r, rule),
+                other => panic!("{rule}: {other:?}"),
+            }
+            // Positive controls: trusted, or from the command line.
+            let p = job_plan(dir.path(), &format!("[network]\nallow = [{rule:?}]"), &["--trust-job"]).unwrap();
+            assert!(p.rules.iter().all(|r| r.may_open_guarded), "{rule}");
+            let p = job_plan(dir.path(), "", &["--allow", rule]).unwrap();
+            assert!(p.rules.iter().all(|r| r.may_open_guarded), "{rule}");
+        }
+        let e = job_plan(dir.path(), "[network]\nallow = ['host:8765']", &[]).unwrap_err().to_string();
+        assert!(e.contains("\"host:8765\"") && e.contains("--trust-job") && e.contains("loopback"), "{e}");
+        // Ordinary rules are fine, and marked so the gate never lets them open
+        // an address the host only gains later; deny rules are harmless.
+        let p = job_plan(
+            dir.path(),
+            "[network]\nallow = ['203.0.113.0/24:443', '192.0.2.0/24', '*.crates.io']\ndeny = ['metadata', 'private']",
+            &["--allow", "198.51.100.1"],
+        )
+        .unwrap();
+        let trust: Vec<(&str, bool)> = p.rules.iter().map(|r| (r.text.as_str(), r.may_open_guarded)).collect();
+        assert_eq!(
+            trust,
+            vec![
+                ("198.51.100.1", true),
+                ("203.0.113.0/24:443", false),
+                ("192.0.2.0/24", false),
+                ("*.crates.io", false),
+                ("metadata", false),
+                ("private", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn test_job_file_limits_untrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("memory = '2G'", "memory = '1000M'", "memory", "--memory"),
+            ("cpus = 3", "cpus = 2", "cpus", "--cpus"),
+            ("pids = 4097", "pids = 4096", "pids", "--pids"),
+            ("max_artifacts_size = '5G'", "max_artifacts_size = '4G'", "max_artifacts_size", "--max-artifacts-size"),
+            ("artifacts_timeout = '11m'", "artifacts_timeout = '10m'", "artifacts_timeout", "--artifacts-timeout"),
+        ];
+        for (over, at, key, flag) in cases {
+            match job_plan(dir.path(), over, &[]) {
+                Err(PlanError::UntrustedLimit { key: k, flag: f, .. }) => assert_eq!((k, f), (key, flag)),
+                other => panic!("{over}: {other:?}"),
+            }
+            assert!(job_plan(dir.path(), at, &[]).is_ok(), "{at} is within bounds");
+            assert!(job_plan(dir.path(), over, &["--trust-job"]).is_ok(), "{over} trusted");
+        }
+        let e = job_plan(dir.path(), "memory = '2G'", &[]).unwrap_err().to_string();
+        assert!(e.contains("1000 MiB") && e.contains("--trust-job") && e.contains("--memory"), "{e}");
+        // The command line's own values are the user's, whatever the file says.
+        let p = job_plan(dir.path(), "memory = '2G'\ncpus = 8", &["--memory", "4G", "--cpus", "8"]).unwrap();
+        assert_eq!((p.memory_mib, p.cpus), (4096, 8));
+        let p = Plan::from_args_with(&args(&["--memory", "4G", "--", "true"]), || unreachable!("no job file")).unwrap();
+        assert_eq!(p.memory_mib, 4096);
+    }
+
+    #[test]
+    fn test_job_file_artifacts_dir_no_dot_paths_nor_its_own_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".git/hooks")).unwrap();
+        for d in [".git/hooks", "./.git/hooks", ".git", "out/.cache", ".envrc", ".", "./"] {
+            match job_plan(dir.path(), &format!("artifacts_dir = {d:?}"), &[]) {
+                Err(PlanError::JobArtifactsDir { path, .. }) => assert_eq!(path, d),
+                other => panic!("{d}: {other:?}"),
+            }
+            // Even trusted: only the command line may name such a directory.
+            assert!(job_plan(dir.path(), &format!("artifacts_dir = {d:?}"), &["--trust-job"]).is_err(), "{d}");
+        }
+        // An existing directory cordon did not make is refused; one it will make is fine.
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        let e = job_plan(dir.path(), "artifacts_dir = 'src'", &[]).unwrap_err();
+        assert!(e.to_string().contains("was not created by cordon"), "{e}");
+        let p = job_plan(dir.path(), "artifacts_dir = 'src/out'", &[]).unwrap();
+        assert!(p.artifacts_dir_from_job);
+        let p = job_plan(dir.path(), "artifacts_dir = 'src'", &["--artifacts-dir", ".git/hooks"]).unwrap();
+        assert!(!p.artifacts_dir_from_job, "the command line's directory is the user's");
+        assert!(!job_plan(dir.path(), "", &[]).unwrap().artifacts_dir_from_job, "the default is cordon's own name");
+    }
+
+    #[test]
+    fn test_artifact_may_not_land_on_the_marker() {
+        for a in [".cordon-artifacts", "/workspace/.cordon-artifacts/x", "/.cordon-artifacts"] {
+            assert!(
+                matches!(Plan::from_args(&args(&["--artifact", a, "--", "true"])), Err(PlanError::ReservedArtifact(_))),
+                "{a}"
+            );
+        }
+        assert!(Plan::from_args(&args(&["--artifact", "out/.cordon-artifacts", "--", "true"])).is_ok());
+    }
+
+    #[test]
+    fn test_network_source_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p =
+            job_plan(dir.path(), "[network]\nmode = 'full'\ndeny = ['metadata']", &["--allow", "203.0.113.1"]).unwrap();
+        let f = dir.path().join("cordon.toml");
+        assert_eq!(
+            p.network_source().unwrap(),
+            format!("network policy from {}: mode full, allow [203.0.113.1], deny [metadata]", f.display())
+        );
+        let p = job_plan(dir.path(), "[network]\nallow = ['host:80']", &["--trust-job"]).unwrap();
+        assert!(p.network_source().unwrap().ends_with("mode none, allow [host:80], deny [] (trusted: --trust-job)"));
+        // Not from the file: no line.
+        assert_eq!(job_plan(dir.path(), "", &["--allow", "203.0.113.1"]).unwrap().network_source(), None);
+        assert_eq!(job_plan(dir.path(), "[network]\nmode = 'full'", &["--net", "off"]).unwrap().network_source(), None);
+        assert_eq!(Plan::from_args(&args(&["--net", "full", "--", "true"])).unwrap().network_source(), None);
+    }
+
+    #[test]
+    fn test_artifacts_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(job_plan(dir.path(), "", &[]).unwrap().artifacts_timeout, DEFAULT_ARTIFACTS_TIMEOUT);
+        assert_eq!(job_plan(dir.path(), "artifacts_timeout = '2m'", &[]).unwrap().artifacts_timeout.as_secs(), 120);
+        let p = job_plan(dir.path(), "artifacts_timeout = '2m'", &["--artifacts-timeout", "1h"]).unwrap();
+        assert_eq!(p.artifacts_timeout.as_secs(), 3600);
+        assert!(matches!(job_plan(dir.path(), "artifacts_timeout = 'soon'", &[]), Err(PlanError::BadValue { .. })));
     }
 
     #[test]
