@@ -117,7 +117,11 @@ fn test_setup_root_image_order_and_flags() {
     assert!(c.contains(&"mount /cache/rootfs /tmp/root - [bind,rec] ".to_string()), "{c:#?}");
     // The root is read-only before anything is mounted into it.
     assert!(pos(c, "ro /tmp/root") < pos(c, "mount proc ./proc"));
-    assert!(c.contains(&"mount /scratch/ws /tmp/root/workspace - [bind,nosuid,nodev] ".to_string()), "{c:#?}");
+    // The workspace: a bind, then a remount of it that really sets nosuid,nodev.
+    let ws = pos(c, "mount /scratch/ws /tmp/root/workspace - [bind] ");
+    assert_eq!(c[ws + 1], "mount  /tmp/root/workspace - [bind,remount,nosuid,nodev] ", "{c:#?}");
+    // The sandbox's tmpfs are sized.
+    assert!(c.iter().any(|x| x.starts_with("mount tmpfs ./tmp tmpfs") && x.contains("size=67108864")), "{c:#?}");
     // What the sandbox must own (its proc, pts, writable tmpfs) comes in phase two.
     let two = pos(c, "--- phase two");
     for m in ["mount proc ./proc", "mount devpts ./dev/pts", "mount tmpfs ./tmp ", "mount tmpfs ./run "] {
