@@ -401,6 +401,12 @@ pub fn stage<R: Read>(r: R, root: &Path, opts: &StageOptions) -> Result<Staged, 
             skip(&format!("deeper than {MAX_DEPTH} directories, skipped"));
             continue;
         }
+        // A `.git` directory on the host is code: a git-aware shell prompt
+        // that enters it runs its core.fsmonitor. Never bring one out.
+        if comps.iter().any(|c| c.to_string_lossy().eq_ignore_ascii_case(".git")) {
+            skip("a .git path (git would run its hooks and config on the host), skipped");
+            continue;
+        }
         let h = entry.header();
         let kind = h.entry_type();
         let mode = h.mode().unwrap_or(0o644) & file_mask;

@@ -429,3 +429,14 @@ fn test_prepare_dir_marks_what_it_creates_and_checks_job_dirs() {
     assert!(matches!(check_dir(&link), Err(ArtifactError::NotADirectory { .. })));
     assert!(matches!(prepare_dir(&link, true), Err(ArtifactError::NotADirectory { .. })));
 }
+
+#[test]
+fn test_stage_never_brings_out_a_git_directory() {
+    let (_t, root) = staging();
+    let tar =
+        Tar::new().file("src/.GIT/config", 0o644, b"[core]\nfsmonitor = evil\n").file("src/ok", 0o644, b"ok").bytes();
+    let got = stage(&tar[..], &root, &StageOptions::default()).unwrap();
+    assert!(!root.join("src/.GIT").exists());
+    assert_eq!(std::fs::read(root.join("src/ok")).unwrap(), b"ok");
+    assert_eq!(got.skipped.len(), 1, "{:?}", got.skipped);
+}
