@@ -88,6 +88,16 @@ pub(crate) fn gated_link(
         .map_err(|e| BackendError::Spawn { what: e.what.to_string(), source: e.source })
 }
 
+/// The passt the gate needs when the plan is gated: an old or missing one
+/// is a refusal up front (exit 125), not a hang later.
+pub(crate) fn passt_for(plan: &crate::plan::Plan) -> Result<Option<std::path::PathBuf>, BackendError> {
+    if !plan.gated() {
+        return Ok(None);
+    }
+    let p = crate::netfilter::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?;
+    Ok(Some(p.path))
+}
+
 /// A running sandbox with a connected agent.
 pub struct Sandbox {
     pub client: AgentClient,

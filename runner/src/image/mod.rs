@@ -220,8 +220,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     let busybox = PathBuf::from("/bin/busybox");
     // Every run asks for the image: skip hashing the agent and busybox and
     // resolving modules when none of the inputs changed since last time.
-    let memo =
-        inputs_fingerprint(&kernel.package, agent, &busybox).map(|fp| cache.join("image-inputs").join(fp));
+    let memo = inputs_fingerprint(&kernel.package, agent, &busybox).map(|fp| cache.join("image-inputs").join(fp));
     if let Some(id) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
         let dir = cache.join("images").join(id.trim());
         if !id.trim().is_empty() && !id.contains('/') && dir.join("image.json").exists() {

@@ -103,11 +103,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             ))
         })?;
     }
-    let passt_bin = if plan.gated() {
-        Some(crate::netfilter::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
-    } else {
-        None
-    };
+    let passt_bin = super::passt_for(plan)?;
     let agent = find_agent(plan.agent.as_deref())?;
     let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
     let rootfs = crate::image::rootfs(&image).map_err(BackendError::Image)?;

@@ -158,11 +158,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     };
     let kind = control::choose(plan.control).map_err(|e| BackendError::Unavailable("vm", e))?;
     // Before the image build and the boot: an old passt is a refusal, not a hang later.
-    let passt_bin = if plan.gated() {
-        Some(crate::netfilter::passt::find().map_err(|e| BackendError::PolicyUnenforceable(e.to_string()))?.path)
-    } else {
-        None
-    };
+    let passt_bin = crate::backend::passt_for(plan)?;
     let agent = find_agent(plan.agent.as_deref())?;
     let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
 
