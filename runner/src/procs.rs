@@ -49,3 +49,18 @@ pub fn pass_fd(cmd: &mut std::process::Command, fd: i32, target: i32) {
         });
     }
 }
+
+/// Waits up to `limit` for `c` to exit (polling: this runs in `Drop`, with
+/// no runtime to await on). Whether it did.
+pub fn wait_exit(c: &mut tokio::process::Child, limit: std::time::Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

@@ -49,10 +49,7 @@ impl Drop for GatedLink {
         drop(self.relay.take());
         if let Some(mut p) = self.passt.take() {
             let _ = p.start_kill();
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while !matches!(p.try_wait(), Ok(Some(_)) | Err(_)) && std::time::Instant::now() < until {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+            crate::procs::wait_exit(&mut p, std::time::Duration::from_secs(2));
         }
     }
 }

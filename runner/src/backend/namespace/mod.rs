@@ -71,10 +71,7 @@ impl Drop for Guard {
         // 1 the whole PID namespace; the cgroup catches anything in between.
         if let Some(mut c) = self.init.take() {
             let _ = c.start_kill();
-            let until = std::time::Instant::now() + Duration::from_secs(2);
-            while !matches!(c.try_wait(), Ok(Some(_)) | Err(_)) && std::time::Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            crate::procs::wait_exit(&mut c, Duration::from_secs(2));
         }
         if let Some(cg) = &self.cgroup {
             cg.kill_all();

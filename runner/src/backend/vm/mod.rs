@@ -82,18 +82,7 @@ impl Drop for VmGuard {
     }
 }
 
-fn wait_exit(c: &mut tokio::process::Child, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use crate::procs::wait_exit;
 
 /// A socketpair for the console: cordon's end, and QEMU's end on a high fd
 /// number, so passing it as [`QEMU_CONSOLE_FD`] cannot clobber another fd
