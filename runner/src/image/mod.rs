@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cpio;
+pub mod import;
 pub mod modinfo;
 pub mod rootfs;
 pub use rootfs::rootfs;

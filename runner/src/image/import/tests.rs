@@ -1,0 +1,1 @@
+//! Tests of `unpack`: inputs built here, hostile cases beside positive controls.
