@@ -89,7 +89,8 @@ impl Copy<'_, '_, '_> {
                 if self.dest == Some((st.st_dev, st.st_ino)) {
                     return Ok(());
                 }
-                let sub = openat(fd.as_fd(), name.as_os_str(), DIR_FLAGS, Mode::empty()).map_err(self.read_err(comps))?;
+                let sub =
+                    openat(fd.as_fd(), name.as_os_str(), DIR_FLAGS, Mode::empty()).map_err(self.read_err(comps))?;
                 self.tree.dir(comps, &shown, meta(&st))?;
                 self.dir(&sub, comps)
             }
@@ -104,10 +105,15 @@ impl Copy<'_, '_, '_> {
                 }
                 // O_NONBLOCK: should it have become a fifo since, opening does not hang.
                 let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-                let f = File::from(openat(fd.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(self.read_err(comps))?);
+                let f = File::from(
+                    openat(fd.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(self.read_err(comps))?,
+                );
                 let path = self.path(comps);
                 if !f.metadata().is_ok_and(|m| m.is_file()) {
-                    return Err(ImportError::Open { path, source: std::io::Error::other("it changed while being copied") });
+                    return Err(ImportError::Open {
+                        path,
+                        source: std::io::Error::other("it changed while being copied"),
+                    });
                 }
                 let read_err = |source| ImportError::Open { path: path.clone(), source };
                 self.tree.file(comps, &shown, meta(&st), &mut &f, &read_err)

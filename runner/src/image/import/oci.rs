@@ -5,7 +5,9 @@
 //! order. Files of a layout directory are opened beneath it without
 //! following a symlink; a tar's blobs are read in place at their offsets.
 
-use oci_spec::image::{Descriptor, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest, MediaType, OciLayout};
+use oci_spec::image::{
+    Descriptor, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest, MediaType, OciLayout,
+};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
@@ -365,9 +367,10 @@ fn collect(
             let nested = json(&format!("index {}", desc.digest()), ImageIndex::from_reader(&nested[..]))?;
             collect(store, &nested, depth + 1, out, tree)?;
         } else if is_manifest(desc.media_type()) && !out.iter().any(|c| c.desc.digest() == desc.digest()) {
-            let platform = desc.platform().as_ref().map(|p| {
-                (p.os().to_string(), p.architecture().to_string(), p.variant().clone())
-            });
+            let platform = desc
+                .platform()
+                .as_ref()
+                .map(|p| (p.os().to_string(), p.architecture().to_string(), p.variant().clone()));
             out.push(Candidate { desc: desc.clone(), platform });
         }
     }

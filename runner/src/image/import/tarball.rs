@@ -29,7 +29,8 @@ pub(super) fn looks_like_tar(head: &[u8]) -> bool {
     }
     let field = String::from_utf8_lossy(&head[148..156]);
     let Ok(want) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8) else { return false };
-    let sum: u32 = head[..512].iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 }).sum();
+    let sum: u32 =
+        head[..512].iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 }).sum();
     sum == want
 }
 
@@ -127,7 +128,8 @@ pub(super) fn import_file(
         }
     } else if oci::sniff_stream(decoder(BufReader::new(&file), compression).map_err(open_err)?, &what, tree)? {
         log("the archive holds an OCI layout: decompressing it to a temporary file first");
-        let mut tmp = tempfile::tempfile_in(dest).map_err(|source| ImportError::Write { path: what.clone(), source })?;
+        let mut tmp =
+            tempfile::tempfile_in(dest).map_err(|source| ImportError::Write { path: what.clone(), source })?;
         (&file).rewind().map_err(open_err)?;
         let mut r = decoder(BufReader::new(&file), compression).map_err(open_err)?;
         let limit = tree.max_bytes();
@@ -136,6 +138,7 @@ pub(super) fn import_file(
         if n > limit {
             return Err(ImportError::TooLarge { limit });
         }
+        tmp.rewind().map_err(open_err)?;
         if let Some(store) = oci::TarStore::scan(&tmp, path)? {
             return oci::unpack(&store, tree, log);
         }

@@ -202,7 +202,8 @@ impl<'a> Tree<'a> {
         }
         // The cached fd may be this directory or below it.
         self.cached = None;
-        let stale: Vec<_> = self.dirs.range(comps.to_vec()..).map(|(k, _)| k).take_while(|k| k.starts_with(comps)).cloned().collect();
+        let stale: Vec<_> =
+            self.dirs.range(comps.to_vec()..).map(|(k, _)| k).take_while(|k| k.starts_with(comps)).cloned().collect();
         for k in stale {
             self.dirs.remove(&k);
         }
