@@ -108,16 +108,21 @@ fn load_module(path: &str, params: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Module list from the command line, else from the initramfs file.
+/// Module list from the command line, else from the initramfs file, plus
+/// the disk modules when the run has a userland disk.
 pub fn module_list(params: &BootParams) -> Vec<String> {
-    if !params.modules.is_empty() {
-        return params.modules.clone();
+    let read = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(f)
+            .map(|s| {
+                s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut list = if params.modules.is_empty() { read(MODULES_FILE) } else { params.modules.clone() };
+    if params.root.is_some() {
+        list.extend(read(cordon_protocol::boot::ROOT_MODULES_FILE));
     }
-    std::fs::read_to_string(MODULES_FILE)
-        .map(|s| {
-            s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
-        })
-        .unwrap_or_default()
+    list
 }
 
 fn kernel_release() -> String {
@@ -201,7 +206,15 @@ pub fn configure_net(spec: &cordon_protocol::boot::NetSpec) {
         ip(&["-6", "addr", "add", addr6, "dev", &dev]);
         ip(&["-6", "route", "add", "default", "via", gw6]);
     }
+    write_resolv(spec);
+}
+
+/// Points the resolver at the gate's DNS address (again after a switch into
+/// an image's userland, whose /etc is another).
+pub fn write_resolv(spec: &cordon_protocol::boot::NetSpec) {
     let _ = std::fs::create_dir_all("/etc");
+    // Never through whatever link an image ships there.
+    let _ = std::fs::remove_file("/etc/resolv.conf");
     let _ = std::fs::write("/etc/resolv.conf", format!("nameserver {}\n", spec.dns));
 }
 

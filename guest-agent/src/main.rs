@@ -4,6 +4,7 @@
 //! kernel command line (`cordon.listen=`, `cordon.modules=`); the token never
 //! comes from argv or the command line (see token.rs).
 
+mod diskroot;
 mod exec;
 mod fdio;
 mod init;
@@ -104,6 +105,15 @@ fn pid1_main(t0: Instant) -> ! {
     init::loopback_up();
     if let Some(net) = &params.net {
         init::configure_net(net);
+    }
+    if let Some(fs) = params.root {
+        if let Err(e) = diskroot::enter(fs) {
+            eprintln!("cordon-agent: entering the image's userland: {e}");
+            init::power_off(params.reboot_to_halt);
+        }
+        if let Some(net) = &params.net {
+            init::write_resolv(net);
+        }
     }
     tracing::debug!("init done");
     let listen = match params.listen.as_deref().unwrap_or("vsock:1024").parse::<Listen>() {

@@ -30,6 +30,39 @@ pub const KEY_MODULES: &str = "cordon.modules";
 pub const KEY_HOSTNAME: &str = "cordon.hostname";
 pub const KEY_HALT: &str = "cordon.halt";
 pub const KEY_NET: &str = "cordon.net";
+/// `cordon.root=erofs`: the image's userland is a read-only disk (virtio-blk
+/// serial [`ROOT_DISK_SERIAL`]) that the agent overlays with a writable
+/// scratch disk (serial [`SCRATCH_DISK_SERIAL`]) and switches into.
+pub const KEY_ROOT: &str = "cordon.root";
+/// The virtio-blk serial of the read-only userland disk.
+pub const ROOT_DISK_SERIAL: &str = "cordon-root";
+/// The virtio-blk serial of the scratch disk (ext4 made by the host; holds
+/// the overlay's upper layer, the workspace and /tmp).
+pub const SCRATCH_DISK_SERIAL: &str = "cordon-scratch";
+/// Modules the initramfs loads only when a disk root is given (one path per
+/// line, dependency order), so the default image pays nothing for them.
+pub const ROOT_MODULES_FILE: &str = "/etc/cordon/modules.root";
+
+/// The filesystem of the userland disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootFs {
+    Erofs,
+}
+
+impl RootFs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootFs::Erofs => "erofs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RootFs> {
+        match s {
+            "erofs" => Some(RootFs::Erofs),
+            _ => None,
+        }
+    }
+}
 
 /// Settings the VM's agent reads from the kernel command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -41,6 +74,8 @@ pub struct BootParams {
     /// `cordon.halt=reboot`: end with a reboot (QEMU `-no-reboot` exits)
     /// rather than an ACPI power-off, for machines without ACPI.
     pub reboot_to_halt: bool,
+    /// Switch to a userland disk (see [`KEY_ROOT`]).
+    pub root: Option<RootFs>,
 }
 
 impl BootParams {
@@ -55,6 +90,7 @@ impl BootParams {
                 KEY_HOSTNAME => p.hostname = Some(v.to_string()),
                 KEY_HALT => p.reboot_to_halt = v == "reboot",
                 KEY_NET => p.net = v.parse().ok(),
+                KEY_ROOT => p.root = RootFs::parse(v),
                 _ => {}
             }
         }
@@ -78,6 +114,9 @@ impl BootParams {
         }
         if let Some(n) = &self.net {
             w.push(format!("{KEY_NET}={n}"));
+        }
+        if let Some(r) = self.root {
+            w.push(format!("{KEY_ROOT}={}", r.as_str()));
         }
         w.join(" ")
     }
@@ -160,6 +199,7 @@ mod tests {
             hostname: Some("cordon".into()),
             net: Some("10.0.2.15/24,10.0.2.2,10.0.2.3,fd00::15/64,fd00::2,mtu=1500".parse().unwrap()),
             reboot_to_halt: true,
+            root: Some(RootFs::Erofs),
         };
         assert_eq!(BootParams::parse(&p.render()), p);
     }

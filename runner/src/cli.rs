@@ -36,24 +36,57 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Build an image (only `default` exists: Debian's cloud kernel, busybox, the agent)
+    /// Build an image: `default` (Debian's cloud kernel, busybox, the agent;
+    /// every run boots it) or `debian` (a Debian userland made with
+    /// mmdebstrap from Debian's archive; needs root)
     Build {
-        /// Image name
+        /// default or debian
         #[arg(default_value = "default")]
         name: String,
-        /// Download the kernel package again even when one is cached
+        /// Debian suite (debian only)
+        #[arg(long, default_value = crate::image::userland::DEFAULT_SUITE)]
+        suite: String,
+        /// Debian packages beyond the default set (debian only; repeatable
+        /// or comma-separated)
+        #[arg(long = "packages", alias = "package", value_name = "PKG,...", value_delimiter = ',')]
+        packages: Vec<String>,
+        /// Download the kernel package again even when one is cached (default only)
         #[arg(long)]
         refresh: bool,
+        /// No progress spinner
+        #[arg(long)]
+        quiet: bool,
         /// The static guest agent to put in the image
         #[arg(long, env = "CORDON_AGENT", hide = true)]
         agent: Option<PathBuf>,
     },
-    /// List cached images
+    /// Import a root filesystem as an image: a rootfs tarball or directory
+    /// (what `docker export` writes; plain, gzip or zstd), or an OCI image
+    /// layout directory or its tarball (apko, skopeo, `docker save`)
+    Import {
+        /// The tarball, directory or OCI layout
+        path: PathBuf,
+        /// The image's name (default: the file name without extensions);
+        /// an earlier image of that name is replaced
+        #[arg(long)]
+        name: Option<String>,
+        /// No progress bar
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List cached images: name, size, age and what each was built from
     Ls,
     /// Remove images by name or id
     Rm {
         /// Name or id
         which: String,
+    },
+    /// Remove Debian images with extra packages that no run used lately
+    Prune {
+        /// Remove those no run used for this long (e.g. 24h; default a
+        /// week); 0 removes every one
+        #[arg(long, value_name = "DURATION", default_value = "168h")]
+        unused_for: String,
     },
 }
 
@@ -93,9 +126,24 @@ pub struct RunArgs {
     /// Write one JSON line per network flow (and a summary) to FILE
     #[arg(long, value_name = "FILE")]
     pub net_log: Option<PathBuf>,
-    /// Guest image (only `default`: Debian's cloud kernel, busybox, the agent)
+    /// The sandbox's userland: `default` (busybox and the agent), `debian`
+    /// (build-essential, git, python3 with dev/pip/venv/setuptools,
+    /// ca-certificates, curl, pkg-config; built with mmdebstrap on first
+    /// use), or an image from `cordon image ls` (e.g. one imported)
     #[arg(long)]
     pub image: Option<String>,
+    /// Debian packages to add to the image (repeatable or comma-separated):
+    /// a derived image is built once and reused by every run that asks
+    /// for the same set
+    #[arg(long = "package", value_name = "PKG,...", value_delimiter = ',')]
+    pub packages: Vec<String>,
+    /// Never build a missing image: fail naming the command that builds it
+    #[arg(long)]
+    pub no_build: bool,
+    /// Size of the scratch disk under a userland image (the workspace,
+    /// /tmp and all the steps write), e.g. 20G (default 8G; sparse)
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
     /// Namespace layers that must be in force, else nothing runs (exit 121):
     /// filesystem, pid, network, uid-map, no-new-privs, rlimits, landlock,
     /// capabilities, seccomp, cgroup-pids, cgroup-memory, cgroup-cpu, or

@@ -12,8 +12,12 @@ use std::path::PathBuf;
 #[derive(Debug, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct JobFile {
-    /// Guest image name; default "default".
-    pub image: Option<String>,
+    /// The image: "default" (busybox), "debian", a name from `cordon image
+    /// ls`, or a table `{ base = "debian", packages = [...], suite = "..." }`.
+    pub image: Option<ImageField>,
+    /// Size of the scratch disk under a userland image's overlay (the
+    /// workspace, /tmp and everything the steps write), e.g. "20G"; default "8G".
+    pub disk: Option<String>,
     /// vCPUs; default from the host's cgroup limits, at most 2.
     pub cpus: Option<u32>,
     /// Guest memory, e.g. "1G"; default a quarter of what is available.
@@ -46,6 +50,26 @@ pub struct JobFile {
     /// Steps, run in order; the first failure stops the job.
     #[serde(default)]
     pub steps: Vec<StepFile>,
+}
+
+/// `image = "name"` or `image = { base = "debian", packages = [...] }`.
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone)]
+#[serde(untagged)]
+pub enum ImageField {
+    Name(String),
+    Table(ImageTable),
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ImageTable {
+    /// "debian" (the only base that takes packages).
+    pub base: String,
+    /// Debian suite; default bookworm.
+    pub suite: Option<String>,
+    /// Debian packages beyond the default set.
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default, PartialEq, Eq)]

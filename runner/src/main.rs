@@ -77,26 +77,69 @@ fn print_chain(e: &dyn std::error::Error) {
 
 fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
     use cordon::cli::ImageCommand;
-    use cordon::image;
+    use cordon::image::{self, progress::Progress, userland};
+    let log = |m: &str| eprintln!("cordon: {}", cordon::term::sanitize_line(m));
     let res = match cmd {
-        ImageCommand::Build { name, refresh, agent } => {
-            if name != "default" {
-                eprintln!("cordon: error: unknown image {name:?}: only `default` can be built");
+        ImageCommand::Build { name, suite, packages, refresh, quiet, agent } => match name.as_str() {
+            "default" => {
+                if !packages.is_empty() || suite != userland::DEFAULT_SUITE {
+                    eprintln!("cordon: error: --suite and --packages are for `cordon image build debian`");
+                    return ExitCode::from(exit::BAD_CONFIG);
+                }
+                let agent = match cordon::backend::find_agent(agent.as_deref()) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        print_chain(&e);
+                        return ExitCode::from(exit::BACKEND_UNAVAILABLE);
+                    }
+                };
+                image::build_default(&agent, refresh, &log).map(|img| {
+                    println!("{} {} {}", img.meta.id, img.meta.name, img.dir.display());
+                })
+            }
+            "debian" => {
+                if let Err(why) = userland::check_suite(&suite) {
+                    eprintln!("cordon: error: --suite: {why}");
+                    return ExitCode::from(exit::BAD_CONFIG);
+                }
+                let spec = userland::ImageSpec::Debian { suite, packages: vec![] };
+                let spec = match spec.with_packages(&packages) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        eprintln!("cordon: error: --packages: {why}");
+                        return ExitCode::from(exit::BAD_CONFIG);
+                    }
+                };
+                let progress = Progress::auto(quiet, &log);
+                userland::resolve(&spec, true, &progress).map(|u| {
+                    if let Some(u) = u {
+                        println!("{} {} {}", u.meta.id, u.meta.name, u.dir.display());
+                    }
+                })
+            }
+            other => {
+                eprintln!(
+                    "cordon: error: unknown image {other:?}: `default` and `debian` can be built; \
+                     other images come from `cordon image import`"
+                );
                 return ExitCode::from(exit::BAD_CONFIG);
             }
-            let agent = match cordon::backend::find_agent(agent.as_deref()) {
-                Ok(a) => a,
-                Err(e) => {
-                    print_chain(&e);
-                    return ExitCode::from(exit::BACKEND_UNAVAILABLE);
-                }
-            };
-            image::build_default(&agent, refresh, &|m| eprintln!("cordon: {m}")).map(|img| {
-                println!("{} {} {}", img.meta.id, img.meta.name, img.dir.display());
-            })
+        },
+        ImageCommand::Import { path, name, quiet } => {
+            let progress = Progress::auto(quiet, &log);
+            import_image(&path, name, &progress)
         }
         ImageCommand::Ls => image::list().map(|imgs| {
-            println!("{:<18} {:<10} {:<28} {:>8}  MODULES", "ID", "NAME", "KERNEL", "SIZE");
+            println!("{:<18} {:<32} {:>8} {:>6}  FROM", "ID", "NAME", "SIZE", "AGE");
+            let age = |secs: u64| match secs {
+                s if s < 3600 => format!("{}m", s / 60),
+                s if s < 86400 => format!("{}h", s / 3600),
+                s => format!("{}d", s / 86400),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
             for i in imgs {
                 let size: u64 = ["vmlinuz", "initramfs.cpio"]
                     .iter()
@@ -104,22 +147,93 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
                     .map(|m| m.len())
                     .sum();
                 println!(
-                    "{:<18} {:<10} {:<28} {:>6}MB  {}",
+                    "{:<18} {:<32} {:>6}MB {:>6}  kernel {} + busybox, agent, {} modules",
                     i.meta.id,
                     i.meta.name,
-                    i.meta.kernel_release,
                     size >> 20,
-                    i.meta.modules.len()
+                    age(now.saturating_sub(i.meta.created_unix)),
+                    i.meta.kernel_release,
+                    i.meta.modules.len() + i.meta.root_modules.len()
+                );
+            }
+            for u in userland::list() {
+                println!(
+                    "{:<18} {:<32} {:>6}MB {:>6}  {}",
+                    u.meta.id,
+                    cordon::term::sanitize_line(&u.meta.name),
+                    u.size() >> 20,
+                    age(now.saturating_sub(u.meta.created_unix)),
+                    cordon::term::sanitize_line(&u.meta.source.describe())
                 );
             }
         }),
-        ImageCommand::Rm { which } => image::remove(&which).map(|n| println!("removed {n} image(s)")),
+        ImageCommand::Rm { which } => {
+            let boot = image::remove(&which);
+            let user = userland::remove(&which);
+            match (boot, user) {
+                (Err(image::ImageError::NotFound(_)), Ok(0)) => Err(image::ImageError::NotFound(which)),
+                (Ok(a), Ok(b)) => Ok(println!("removed {} image(s)", a + b)),
+                (Err(image::ImageError::NotFound(_)), Ok(n)) => Ok(println!("removed {n} image(s)")),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        ImageCommand::Prune { unused_for } => {
+            let idle = match unused_for.trim() {
+                "0" => 0,
+                s => match cordon::duration::parse(s) {
+                    Ok(d) => d.as_secs(),
+                    Err(why) => {
+                        eprintln!("cordon: error: --unused-for: {why}");
+                        return ExitCode::from(exit::BAD_CONFIG);
+                    }
+                },
+            };
+            userland::prune(idle, false).map(|gone| {
+                for u in &gone {
+                    println!("removed {} {}", u.meta.id, cordon::term::sanitize_line(&u.meta.name));
+                }
+                println!("removed {} image(s)", gone.len());
+            })
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             print_chain(&e);
-            ExitCode::from(exit::BACKEND_UNAVAILABLE)
+            let code = match e {
+                image::ImageError::NotFound(_) | image::ImageError::BadSpec(_) => exit::BAD_CONFIG,
+                _ => exit::BACKEND_UNAVAILABLE,
+            };
+            ExitCode::from(code)
         }
     }
+}
+
+/// `cordon image import`: unpack into a staging tree, then pack and register.
+fn import_image(
+    path: &std::path::Path,
+    name: Option<String>,
+    progress: &cordon::image::progress::Progress,
+) -> Result<(), cordon::image::ImageError> {
+    use cordon::image::{userland, ImageError};
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let f = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            f.split('.').next().unwrap_or_default().to_string()
+        }
+    };
+    userland::check_image_name(&name).map_err(ImageError::BadSpec)?;
+    let tmp = userland::staging()?;
+    progress.stage(&format!("importing {} as {name}", path.display()));
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let info = cordon::image::import::unpack(path, &tmp.path().join("tree"), &cancel, &|m| progress.detail(m))
+        .map_err(|e| ImageError::BadSpec(format!("importing {}: {e}", path.display())))?;
+    let source = userland::Source::Import {
+        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string(),
+        what: info.describe(),
+    };
+    let u = userland::register_import(tmp, &name, source, progress)?;
+    println!("{} {} {}", u.meta.id, u.meta.name, u.dir.display());
+    Ok(())
 }

@@ -91,7 +91,13 @@ pub struct Plan {
     pub rules: Vec<crate::policy::rule::Rule>,
     /// Where the gate writes one JSON line per flow.
     pub net_log: Option<PathBuf>,
-    pub image: String,
+    /// The userland: the default image, Debian (with extra packages), or a
+    /// named image (an import).
+    pub image: crate::image::userland::ImageSpec,
+    /// `--no-build`: a missing image is an error naming its build command.
+    pub no_build: bool,
+    /// Bytes of the scratch disk under a userland image's overlay (sparse).
+    pub disk_bytes: u64,
     pub rootfs: RootfsChoice,
     /// Namespace layers that must be in force (`--require`, `--strict`),
     /// canonical names; the sandbox refuses to run a step otherwise.
@@ -174,8 +180,8 @@ pub enum PlanError {
     TtyWithFile,
     #[error("--rootfs host is for the namespace backend only (pass --isolation namespace)")]
     HostRootfsInVm,
-    #[error("unknown image {0:?}: only `default` exists")]
-    UnknownImage(String),
+    #[error("image: {0}")]
+    BadImage(String),
     #[error(transparent)]
     BadRule(#[from] crate::policy::RuleError),
     #[error("--allow/--deny rules need the egress gate: they cannot be combined with --net {0}")]
@@ -302,6 +308,39 @@ pub const DEFAULT_MAX_ARTIFACTS_SIZE: u64 = 4 << 30;
 pub const DEFAULT_ARTIFACTS_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// Parses `1024`, `512K`, `100M`, `4G`, `1T` (bytes, binary units).
+/// The scratch disk's default size (sparse: only what is written costs).
+pub const DEFAULT_DISK: u64 = 8 << 30;
+/// The most scratch disk an untrusted job file may ask for.
+const DEFAULT_DISK_LIMIT: u64 = 64 << 30;
+
+use crate::image::userland::ImageSpec;
+
+/// `--image` and `--package` over the job file's `image`.
+fn image_spec(a: &crate::cli::RunArgs, file: Option<&crate::job::ImageField>) -> Result<ImageSpec, PlanError> {
+    use crate::job::ImageField;
+    let bad = PlanError::BadImage;
+    let (spec, mut packages) = match (&a.image, file) {
+        (Some(name), _) => (ImageSpec::from_name(name), vec![]),
+        (None, None) => (ImageSpec::Default, vec![]),
+        (None, Some(ImageField::Name(n))) => (ImageSpec::from_name(n), vec![]),
+        (None, Some(ImageField::Table(t))) => {
+            if t.base != "debian" {
+                return Err(bad(format!("base {:?}: only \"debian\" takes packages", t.base)));
+            }
+            let suite = t.suite.clone().unwrap_or_else(|| crate::image::userland::DEFAULT_SUITE.into());
+            crate::image::userland::check_suite(&suite).map_err(bad)?;
+            (ImageSpec::Debian { suite, packages: vec![] }, t.packages.clone())
+        }
+    };
+    if let ImageSpec::Named(n) = &spec {
+        if n.is_empty() || n.len() > 100 || n.contains(['/', '\0']) || n.starts_with('.') {
+            return Err(bad(format!("{n:?} is not an image name")));
+        }
+    }
+    packages.extend(a.packages.iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()));
+    spec.with_packages(&packages).map_err(bad)
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
@@ -462,9 +501,21 @@ impl Plan {
             let env = merge_env(&[&cli_env]);
             vec![Step { name: "command".into(), argv: a.command.clone(), env, cwd, timeout: cli_timeout }]
         };
-        let image = a.image.clone().or(file.image).unwrap_or_else(|| "default".into());
-        if image != "default" {
-            return Err(PlanError::UnknownImage(image));
+        let image = image_spec(a, file.image.as_ref())?;
+        if image != ImageSpec::Default && a.rootfs == RootfsChoice::Host {
+            return Err(PlanError::BadImage("--rootfs host uses the host's userland, not an image's".into()));
+        }
+        let disk_bytes = match a.disk.as_deref().or(file.disk.as_deref()) {
+            Some(s) => match parse_size(s) {
+                Ok(n) if n >= 64 << 20 => n,
+                Ok(_) => return Err(PlanError::BadValue { what: "disk".into(), why: "at least 64M".into() }),
+                Err(why) => return Err(PlanError::BadValue { what: "disk".into(), why }),
+            },
+            None => DEFAULT_DISK,
+        };
+        if let (None, Some(s)) = (&a.disk, &file.disk) {
+            let limit = (DEFAULT_DISK_LIMIT, "64G".to_string());
+            bounded(&untrusted, "disk", "--disk", (disk_bytes, s), limit)?;
         }
         if let (Some(h), None, Some(n)) = (&host, a.cpus, file.cpus) {
             bounded(
@@ -598,6 +649,8 @@ impl Plan {
             rules,
             net_log: a.net_log.clone(),
             image,
+            no_build: a.no_build,
+            disk_bytes,
             rootfs: a.rootfs,
             required_layers,
             cpus,
@@ -686,8 +739,8 @@ mod tests {
             Err(PlanError::BadArtifact(_))
         ));
         assert!(matches!(
-            Plan::from_args(&args(&["--image", "ubuntu", "--", "true"])),
-            Err(PlanError::UnknownImage(_))
+            Plan::from_args(&args(&["--package", "libssl-dev", "--", "true"])),
+            Err(PlanError::BadImage(_))
         ));
         assert!(matches!(
             Plan::from_args(&args(&["--workspace", "/no/such", "--", "true"])),

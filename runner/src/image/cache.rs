@@ -33,9 +33,16 @@ pub enum LockError {
 impl CacheLock {
     /// Takes the lock, telling `log` once if another cordon holds it.
     pub fn acquire(cache: &Path, log: &dyn Fn(&str)) -> Result<CacheLock, LockError> {
-        let path = cache.join("lock");
+        Self::acquire_at(&cache.join("lock"), log)
+    }
+
+    /// Takes the lock file `path` (its directory is created if needed).
+    pub fn acquire_at(path: &Path, log: &dyn Fn(&str)) -> Result<CacheLock, LockError> {
+        let path = path.to_path_buf();
         let open = || -> std::io::Result<std::fs::File> {
-            std::fs::create_dir_all(cache)?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
         };
         let file = open().map_err(|source| LockError::Open { path: path.clone(), source })?;

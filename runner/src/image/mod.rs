@@ -8,7 +8,9 @@ pub mod cache;
 pub mod cpio;
 pub mod import;
 pub mod modinfo;
+pub mod progress;
 pub mod rootfs;
+pub mod userland;
 pub use rootfs::rootfs;
 
 use sha2::{Digest, Sha256};
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bumped when the initramfs layout changes, so old cache entries are not reused.
-const FORMAT: &str = "cordon-image-v1";
+const FORMAT: &str = "cordon-image-v2";
 
 /// Modules the guest needs; their dependencies are added automatically.
 /// `qemu_fw_cfg` carries the agent's token (kept out of QEMU's argv and the
@@ -31,6 +33,11 @@ pub const WANTED_MODULES: &[&str] = &[
     "virtio_rng",
     "qemu_fw_cfg",
 ];
+
+/// Modules for a userland disk (virtio-blk, the read-only erofs, the
+/// overlay; ext4 for the scratch disk), loaded only on runs that have one
+/// (`/etc/cordon/modules.root`), so the default image's boot pays nothing.
+pub const ROOT_MODULES: &[&str] = &["virtio_blk", "erofs", "overlay", "ext4"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -59,6 +66,15 @@ pub enum ImageError {
     Modules(#[from] modinfo::ModError),
     #[error("no image named or with id {0:?}; `cordon image ls` lists them")]
     NotFound(String),
+    #[error("image {name} is not built and --no-build was given: build it with `{command}`")]
+    NotBuilt { name: String, command: String },
+    #[error("{0}")]
+    BadSpec(String),
+    #[error(
+        "building a Debian image needs root (mmdebstrap --mode=root installs packages as root in a chroot): \
+         run `sudo cordon image build debian`, or import a rootfs with `cordon image import`"
+    )]
+    NeedsRoot,
     #[error("image metadata {path} is unreadable")]
     BadMeta {
         path: PathBuf,
@@ -79,6 +95,9 @@ pub struct ImageMeta {
     pub kernel_package: String,
     pub kernel_release: String,
     pub modules: Vec<String>,
+    /// Loaded only when the run has a userland disk.
+    #[serde(default)]
+    pub root_modules: Vec<String>,
     pub created_unix: u64,
 }
 
@@ -238,9 +257,15 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     }
     let moddir = kernel.root.join("lib/modules").join(&kernel.release);
     let builtin = modinfo::parse_builtin(&std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default());
-    let order = modinfo::resolve(WANTED_MODULES, &modinfo::index(&moddir.join("kernel")), &builtin)?;
-    let rel: Vec<String> =
-        order.iter().map(|p| p.strip_prefix(&moddir).unwrap_or(p).to_string_lossy().into_owned()).collect();
+    let index = modinfo::index(&moddir.join("kernel"));
+    let order = modinfo::resolve(WANTED_MODULES, &index, &builtin)?;
+    let all: Vec<&str> = WANTED_MODULES.iter().chain(ROOT_MODULES).copied().collect();
+    let root_order: Vec<PathBuf> =
+        modinfo::resolve(&all, &index, &builtin)?.into_iter().filter(|p| !order.contains(p)).collect();
+    let strip = |v: &[PathBuf]| -> Vec<String> {
+        v.iter().map(|p| p.strip_prefix(&moddir).unwrap_or(p).to_string_lossy().into_owned()).collect()
+    };
+    let (rel, root_rel) = (strip(&order), strip(&root_order));
 
     let mut h = Sha256::new();
     for part in [FORMAT, &kernel.package, &hex::encode(Sha256::digest(&agent_bytes)), &hex::encode(Sha256::digest(&bb))]
@@ -248,7 +273,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
         h.update(part.as_bytes());
         h.update([0]);
     }
-    for m in &rel {
+    for m in rel.iter().chain([&String::new()]).chain(&root_rel) {
         h.update(m.as_bytes());
         h.update([0]);
     }
@@ -274,7 +299,8 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     let cpio_path = tmp.path().join("initramfs.cpio");
     let f = std::fs::File::create(&cpio_path).map_err(io(&cpio_path))?;
     let mut w = cpio::CpioWriter::new(std::io::BufWriter::new(f));
-    write_initramfs(&mut w, &agent_bytes, &bb, &applets, &kernel.release, &moddir, &rel).map_err(io(&cpio_path))?;
+    write_initramfs(&mut w, &agent_bytes, &bb, &applets, &kernel.release, &moddir, &rel, &root_rel)
+        .map_err(io(&cpio_path))?;
     use std::io::Write;
     w.finish().and_then(|mut b| b.flush()).map_err(io(&cpio_path))?;
     let meta = ImageMeta {
@@ -283,6 +309,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
         kernel_package: kernel.package.clone(),
         kernel_release: kernel.release.clone(),
         modules: rel,
+        root_modules: root_rel,
         created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
     };
     let json = serde_json::to_vec_pretty(&meta).expect("image meta serializes");
@@ -327,6 +354,7 @@ fn write_initramfs<W: std::io::Write>(
     release: &str,
     moddir: &Path,
     modules: &[String],
+    root_modules: &[String],
 ) -> std::io::Result<()> {
     let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
     for d in [
@@ -349,7 +377,8 @@ fn write_initramfs<W: std::io::Write>(
     ] {
         dirs.insert(d.to_string(), ());
     }
-    let mod_paths: Vec<String> = modules.iter().map(|m| format!("lib/modules/{release}/{m}")).collect();
+    let mod_paths: Vec<String> =
+        modules.iter().chain(root_modules).map(|m| format!("lib/modules/{release}/{m}")).collect();
     for p in &mod_paths {
         let mut cur = String::new();
         for comp in Path::new(p).parent().into_iter().flat_map(|p| p.iter()) {
@@ -388,15 +417,17 @@ fn write_initramfs<W: std::io::Write>(
     )?;
     w.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
     w.file("etc/hostname", 0o644, b"cordon\n")?;
-    let mut list = String::new();
-    for (p, rel) in mod_paths.iter().zip(modules) {
+    let (mut list, mut root_list) = (String::new(), String::new());
+    for (i, (p, rel)) in mod_paths.iter().zip(modules.iter().chain(root_modules)).enumerate() {
         let data = std::fs::read(moddir.join(rel))?;
         w.file(p, 0o644, &data)?;
-        list.push('/');
-        list.push_str(p);
-        list.push('\n');
+        let l = if i < modules.len() { &mut list } else { &mut root_list };
+        l.push('/');
+        l.push_str(p);
+        l.push('\n');
     }
     w.file("etc/cordon/modules", 0o644, list.as_bytes())?;
+    w.file(cordon_protocol::boot::ROOT_MODULES_FILE.trim_start_matches('/'), 0o644, root_list.as_bytes())?;
     Ok(())
 }
 

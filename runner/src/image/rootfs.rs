@@ -19,7 +19,7 @@ pub fn rootfs(image: &Image) -> Result<PathBuf, ImageError> {
     let tmp = tempfile::tempdir_in(&image.dir).map_err(io(&image.dir))?;
     let f = std::fs::File::open(image.initramfs()).map_err(io(image.initramfs()))?;
     unpack_newc(std::io::BufReader::new(f), tmp.path()).map_err(io(image.initramfs()))?;
-    for d in ["etc/cordon", "dev", "proc", "tmp", "run", "workspace"] {
+    for d in ["etc/cordon", "dev", "proc", "tmp", "run", "workspace", ".cordon-spool"] {
         std::fs::create_dir_all(tmp.path().join(d)).map_err(io(tmp.path()))?;
     }
     std::fs::write(tmp.path().join("etc/resolv.conf"), b"").map_err(io(tmp.path()))?;

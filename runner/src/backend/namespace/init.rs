@@ -27,6 +27,8 @@ use std::path::PathBuf;
 use super::sys::{self, RootPlan};
 use cordon_protocol::boot;
 
+/// Where the agent spools incoming archives in the sandbox (a host dir).
+pub const SPOOL: &str = "/.cordon-spool";
 /// The control connection's fd in the sandbox (the agent serves it).
 pub const CONTROL_FD: i32 = 3;
 /// The sync socket's fd in ns-init.
@@ -39,8 +41,13 @@ pub struct Spec {
     /// The image's rootfs, or `None` for `--rootfs host`.
     pub image_root: Option<PathBuf>,
     pub workspace: PathBuf,
-    /// The static agent; bound in for `--rootfs host` (the image has its own).
+    /// The static agent; bound in at /.cordon-agent unless `agent_in_image`.
     pub agent: PathBuf,
+    /// The root is the default image's rootfs, whose /init is the agent.
+    pub agent_in_image: bool,
+    /// A host directory of cordon's bound at /.cordon-spool, where the
+    /// agent spools incoming archives (on disk, not in the sandbox's memory).
+    pub spool: PathBuf,
     /// The image's static busybox, for `ip` while configuring the tap.
     pub busybox: PathBuf,
     pub resolv: Option<PathBuf>,
@@ -181,7 +188,8 @@ pub fn main() -> ! {
     let plan = RootPlan {
         image_root: spec.image_root.clone(),
         workspace: spec.workspace.clone(),
-        agent: spec.image_root.is_none().then(|| spec.agent.clone()),
+        agent: (!spec.agent_in_image).then(|| spec.agent.clone()),
+        spool: spec.spool.clone(),
         resolv: spec.resolv.clone(),
         hostname: spec.hostname.clone(),
         stage: spec.stage.clone(),
@@ -246,11 +254,11 @@ pub fn main() -> ! {
     let confine = super::confine::ConfineSpec {
         // /dev gets device-only rights (confine.rs); /dev/shm is a real tmpfs
         // (POSIX semaphores, Python's multiprocessing locks).
-        writable: ["/workspace", "/tmp", "/run", "/dev", "/dev/shm"].iter().map(PathBuf::from).collect(),
+        writable: ["/workspace", SPOOL, "/tmp", "/run", "/dev", "/dev/shm"].iter().map(PathBuf::from).collect(),
         allow_raw_sockets: spec.allow_raw_sockets,
         nproc_max: go.nproc_max,
     };
-    let agent = if spec.image_root.is_some() { "/init" } else { "/.cordon-agent" };
+    let agent = if spec.agent_in_image { "/init" } else { "/.cordon-agent" };
     let layers = match super::confine::apply(&confine) {
         Ok(l) => l,
         Err(e) => fail(&mut sync, "confining the sandbox", e),
@@ -285,7 +293,7 @@ fn become_root(sync: &mut UnixStream, parent: libc::pid_t) {
 fn exec_agent(agent: &str, token: &str) -> ! {
     use std::ffi::CString;
     let c = |s: &str| CString::new(s).expect("no NUL in fixed strings");
-    let argv = [c("cordon-agent"), c("--listen"), c(&format!("fd:{CONTROL_FD}")), c("--spool-dir"), c("/run/cordon")];
+    let argv = [c("cordon-agent"), c("--listen"), c(&format!("fd:{CONTROL_FD}")), c("--spool-dir"), c(SPOOL)];
     let env = [
         c(&format!("PATH={}", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")),
         c(&format!("{}={}", boot::MODE_ENV, boot::MODE_NAMESPACE)),

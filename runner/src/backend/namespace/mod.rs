@@ -104,6 +104,10 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let agent = find_agent(plan.agent.as_deref())?;
     let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
     let rootfs = crate::image::rootfs(&image).map_err(BackendError::Image)?;
+    let progress = crate::image::progress::Progress::auto(plan.json, log);
+    let userland =
+        crate::image::userland::resolve(&plan.image, !plan.no_build, &progress).map_err(BackendError::Image)?;
+    drop(progress);
 
     let dir = tempfile::Builder::new()
         .prefix("cordon-")
@@ -130,11 +134,21 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     } else {
         None
     };
+    // Incoming archives are spooled on the host's disk, not in the
+    // sandbox's memory-sized /run (a workspace may be larger).
+    let spool = d.join("spool");
+    std::fs::create_dir(&spool).map_err(spawn_err("spool dir"))?;
+    if root {
+        std::os::unix::fs::chown(&spool, Some(uid_base), Some(gid_base)).map_err(spawn_err("spool dir"))?;
+    }
     let stage = d.join("stage");
     std::fs::create_dir(&stage).map_err(spawn_err("stage dir"))?;
     let token = new_token();
     let spec = Spec {
-        image_root: (plan.rootfs == RootfsChoice::Image).then(|| rootfs.clone()),
+        image_root: (plan.rootfs == RootfsChoice::Image)
+            .then(|| userland.as_ref().map(|u| u.tree()).unwrap_or_else(|| rootfs.clone())),
+        agent_in_image: plan.rootfs == RootfsChoice::Image && userland.is_none(),
+        spool,
         workspace: ws,
         agent: agent.clone(),
         busybox: rootfs.join("bin/busybox"),

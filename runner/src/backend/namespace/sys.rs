@@ -50,8 +50,11 @@ pub struct RootPlan {
     pub image_root: Option<PathBuf>,
     /// The host directory bound read-write at /workspace.
     pub workspace: PathBuf,
-    /// With `--rootfs host`: the agent binary, bound at /.cordon-agent.
+    /// The agent binary, bound at /.cordon-agent (`--rootfs host` and
+    /// userland images; the default image's /init is the agent).
     pub agent: Option<PathBuf>,
+    /// The host directory bound read-write at /.cordon-spool.
+    pub spool: PathBuf,
     /// A file bound over /etc/resolv.conf (the gate's DNS address).
     pub resolv: Option<PathBuf>,
     pub hostname: String,
@@ -89,6 +92,11 @@ pub fn prepare_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
         Some(img) => {
             sys.mount(Some(img), &r, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
             sys.remount_ro(&r)?;
+            if let Some(agent) = &plan.agent {
+                // A userland image's tree has the (empty) mount point.
+                sys.mount(Some(agent), &at(".cordon-agent"), None, MsFlags::MS_BIND, None)?;
+                sys.remount_ro(&at(".cordon-agent"))?;
+            }
         }
         None => {
             sys.mount(Some(Path::new("tmpfs")), &r, Some("tmpfs"), nosuid_nodev, Some("mode=0755,size=1m"))?;
@@ -114,7 +122,7 @@ pub fn prepare_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
                     sys.mount(Some(Path::new("/dev/null")), &at(f), None, MsFlags::MS_BIND, None)?;
                 }
             }
-            for d in ["proc", "dev", "tmp", "run", "workspace"] {
+            for d in ["proc", "dev", "tmp", "run", "workspace", ".cordon-spool"] {
                 sys.mkdir(&at(d))?;
             }
             if let Some(agent) = &plan.agent {
@@ -150,6 +158,8 @@ pub fn prepare_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
     ] {
         sys.symlink(Path::new(target), &at("dev").join(name))?;
     }
+    sys.mount(Some(&plan.spool), &at(".cordon-spool"), None, MsFlags::MS_BIND, None)?;
+    sys.mount(None, &at(".cordon-spool"), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | nosuid_nodev, None)?;
     sys.mount(Some(&plan.workspace), &at("workspace"), None, MsFlags::MS_BIND, None)?;
     // A plain bind ignores nosuid/nodev; only a remount of the bind sets them.
     sys.mount(None, &at("workspace"), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | nosuid_nodev, None)?;

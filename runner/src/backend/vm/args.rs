@@ -60,6 +60,14 @@ pub enum Net {
     Gated { fd: i32 },
 }
 
+/// A virtio-blk disk, found in the guest by its serial (never probe order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub serial: String,
+    pub read_only: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub machine: Machine,
@@ -80,6 +88,8 @@ pub struct VmConfig {
     pub net: Net,
     /// Use QEMU's seccomp sandbox.
     pub sandbox: bool,
+    /// The userland disk and its scratch disk, if the run has an image.
+    pub disks: Vec<Disk>,
 }
 
 /// The fw_cfg item name the agent reads its token from (its token.rs).
@@ -202,6 +212,23 @@ pub fn device_args(c: &VmConfig) -> Vec<OsString> {
     v
 }
 
+/// Raw virtio-blk disks: the format is fixed (QEMU never probes a file the
+/// guest wrote), and a read-only one is read-only to QEMU itself.
+pub fn disk_args(c: &VmConfig) -> Vec<OsString> {
+    let mut v = vec![];
+    for (i, d) in c.disks.iter().enumerate() {
+        let path = d.path.as_os_str().to_string_lossy().replace(',', ",,");
+        let ro = if d.read_only { ",read-only=on" } else { "" };
+        v.push("-blockdev".into());
+        v.push(format!("driver=file,node-name=f{i},filename={path}{ro}").into());
+        v.push("-blockdev".into());
+        v.push(format!("driver=raw,node-name=d{i},file=f{i}{ro}").into());
+        v.push("-device".into());
+        v.push(format!("{},drive=d{i},serial={}", dev(c, "virtio-blk-device", "virtio-blk-pci"), d.serial).into());
+    }
+    v
+}
+
 /// The whole argument vector (without the program name).
 pub fn qemu_args(c: &VmConfig) -> Vec<OsString> {
     let mut v = base_args();
@@ -211,6 +238,7 @@ pub fn qemu_args(c: &VmConfig) -> Vec<OsString> {
     v.extend(secret_args(c));
     v.extend(console_args(c));
     v.extend(device_args(c));
+    v.extend(disk_args(c));
     v
 }
 
@@ -244,7 +272,26 @@ mod tests {
             control: Control::VhostUserVsock { socket: "/run/c/vu.sock".into() },
             net: Net::Off,
             sandbox: true,
+            disks: vec![],
         }
+    }
+
+    #[test]
+    fn test_disk_args_raw_serial_read_only() {
+        let mut c = cfg();
+        c.disks = vec![
+            Disk { path: "/cache/a,b/rootfs.erofs".into(), serial: "cordon-root".into(), read_only: true },
+            Disk { path: "/run/c/scratch.img".into(), serial: "cordon-scratch".into(), read_only: false },
+        ];
+        let v = s(disk_args(&c));
+        assert!(has_pair(&v, "-blockdev", "driver=file,node-name=f0,filename=/cache/a,,b/rootfs.erofs,read-only=on"));
+        assert!(has_pair(&v, "-blockdev", "driver=raw,node-name=d0,file=f0,read-only=on"));
+        assert!(has_pair(&v, "-device", "virtio-blk-device,drive=d0,serial=cordon-root"));
+        assert!(has_pair(&v, "-blockdev", "driver=raw,node-name=d1,file=f1"));
+        assert!(has_pair(&v, "-device", "virtio-blk-device,drive=d1,serial=cordon-scratch"));
+        c.machine = Machine::Q35;
+        assert!(s(disk_args(&c)).iter().any(|a| a.starts_with("virtio-blk-pci,")));
+        assert!(s(qemu_args(&c)).iter().any(|a| a.contains("serial=cordon-scratch")));
     }
 
     fn s(v: Vec<OsString>) -> Vec<String> {

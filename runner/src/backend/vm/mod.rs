@@ -24,6 +24,7 @@ use crate::netfilter::{DNS_V4, GATEWAY_V4, GUEST_V4};
 use crate::plan::{NetMode, Plan};
 use args::{Accel, Control, Machine, Net, VmConfig};
 use control::{ControlKind, Io, AGENT_PORT, SERIAL_NAME};
+use cordon_protocol::boot::{RootFs, ROOT_DISK_SERIAL, SCRATCH_DISK_SERIAL};
 
 /// The fd number QEMU and passt get their end of the frame socket on.
 const QEMU_NET_FD: i32 = 3;
@@ -150,6 +151,10 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let passt_bin = crate::backend::passt_for(plan)?;
     let agent = find_agent(plan.agent.as_deref())?;
     let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
+    let progress = crate::image::progress::Progress::auto(plan.json, log);
+    let userland =
+        crate::image::userland::resolve(&plan.image, !plan.no_build, &progress).map_err(BackendError::Image)?;
+    drop(progress);
 
     let dir = tempfile::Builder::new()
         .prefix("cordon-")
@@ -246,6 +251,17 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             format!(" {}", cordon_protocol::boot::BootParams { net, ..Default::default() }.render())
         }
     };
+    let mut disks = vec![];
+    if let Some(u) = &userland {
+        let scratch = d.join("scratch.img");
+        crate::image::userland::make_scratch(&scratch, plan.disk_bytes).map_err(BackendError::Image)?;
+        disks.push(args::Disk { path: u.erofs(), serial: ROOT_DISK_SERIAL.into(), read_only: true });
+        disks.push(args::Disk { path: scratch, serial: SCRATCH_DISK_SERIAL.into(), read_only: false });
+    }
+    let root_param = userland.as_ref().map(|_| {
+        let p = cordon_protocol::boot::BootParams { root: Some(RootFs::Erofs), ..Default::default() };
+        format!(" {}", p.render())
+    });
     let cfg = VmConfig {
         machine,
         accel,
@@ -263,6 +279,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
                 }
             }
             c.push_str(&net_param);
+            c.push_str(root_param.as_deref().unwrap_or_default());
             if let Some(extra) = std::env::var_os("CORDON_KERNEL_APPEND") {
                 c.push(' ');
                 c.push_str(&extra.to_string_lossy());
@@ -275,6 +292,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         control: control.clone(),
         net,
         sandbox: caps.seccomp,
+        disks,
     };
     let mut cmd = std::process::Command::new(&qemu_bin);
     cmd.args(args::qemu_args(&cfg)).stdin(Stdio::null());

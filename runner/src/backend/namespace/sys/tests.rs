@@ -88,6 +88,7 @@ fn plan(image: Option<&str>) -> RootPlan {
         image_root: image.map(PathBuf::from),
         workspace: PathBuf::from("/scratch/ws"),
         agent: image.is_none().then(|| PathBuf::from("/cache/agent")),
+        spool: PathBuf::from("/scratch/spool"),
         resolv: Some(PathBuf::from("/scratch/resolv.conf")),
         hostname: "cordon".into(),
         stage: PathBuf::from("/tmp"),
