@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::tree::{errno, list_dir, Meta, Tree};
+use super::tree::{errno, get_caps, list_dir, Meta, Tree};
 use super::{ImportError, MAX_DEPTH};
 
 const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY.union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC).union(OFlag::O_RDONLY);
@@ -116,7 +116,8 @@ impl Copy<'_, '_, '_> {
                     });
                 }
                 let read_err = |source| ImportError::Open { path: path.clone(), source };
-                self.tree.file(comps, &shown, meta(&st), &mut &f, &read_err)
+                let caps = get_caps(&f);
+                self.tree.file(comps, &shown, meta(&st), caps.as_deref(), &mut &f, &read_err)
             }
             SFlag::S_IFLNK => {
                 let target = readlinkat(fd.as_fd(), name.as_os_str()).map_err(self.read_err(comps))?;

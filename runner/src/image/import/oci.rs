@@ -379,9 +379,16 @@ fn collect(
 
 /// The platform of a manifest its index does not describe: its config's.
 fn config_platform(store: &dyn Store, desc: &Descriptor, tree: &Tree) -> Result<Option<Platform>, ImportError> {
-    let m = json_blob(store, desc, tree)?;
+    // Writers keep only the chosen platform's blobs: a missing one is another's.
+    let m = match json_blob(store, desc, tree) {
+        Err(ImportError::BlobMissing { .. }) => return Ok(None),
+        r => r?,
+    };
     let m = json(&format!("manifest {}", desc.digest()), ImageManifest::from_reader(&m[..]))?;
-    let c = json_blob(store, m.config(), tree)?;
+    let c = match json_blob(store, m.config(), tree) {
+        Err(ImportError::BlobMissing { .. }) => return Ok(None),
+        r => r?,
+    };
     // An artifact's config is no image config: then it has no platform.
     Ok(ImageConfiguration::from_reader(&c[..])
         .ok()

@@ -7,12 +7,12 @@
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
-use super::tree::{Meta, Tree};
+use super::tree::{Meta, Tree, CHUNK};
 use super::{decoder, oci, Compression, ImportError, SourceKind, MAX_DEPTH};
 
 /// Most bytes of headers, long names and PAX extensions before one entry.
@@ -133,10 +133,20 @@ pub(super) fn import_file(
         (&file).rewind().map_err(open_err)?;
         let mut r = decoder(BufReader::new(&file), compression).map_err(open_err)?;
         let limit = tree.max_bytes();
-        let n = io::copy(&mut (&mut r).take(limit + 1), &mut tmp)
-            .map_err(|source| ImportError::Archive { what: what.clone(), source })?;
-        if n > limit {
-            return Err(ImportError::TooLarge { limit });
+        let (mut buf, mut n) = (vec![0u8; CHUNK], 0u64);
+        loop {
+            tree.check_cancel()?;
+            let k = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(ImportError::Archive { what, source }),
+            };
+            n += k as u64;
+            if n > limit {
+                return Err(ImportError::TooLarge { limit });
+            }
+            tmp.write_all(&buf[..k]).map_err(|source| ImportError::Write { path: what.clone(), source })?;
         }
         tmp.rewind().map_err(open_err)?;
         if let Some(store) = oci::TarStore::scan(&tmp, path)? {
@@ -168,7 +178,7 @@ pub(super) fn apply(tree: &mut Tree, r: impl Read, what: &str, layer: bool) -> R
         let raw = entry.path().map_err(|e| state.error(what, e))?.into_owned();
         let shown = raw.display().to_string();
         let comps = components(&raw, &shown)?;
-        let meta = meta(&mut entry);
+        let (meta, caps) = meta(&mut entry);
         let kind = entry.header().entry_type();
         let name = comps.last().map(|n| n.as_bytes()).unwrap_or_default();
         if layer && name.starts_with(b".wh.") {
@@ -185,7 +195,7 @@ pub(super) fn apply(tree: &mut Tree, r: impl Read, what: &str, layer: bool) -> R
         } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
             state.data.set(true);
             let read_err = |source| ImportError::Archive { what: what.to_string(), source };
-            let r = tree.file(&comps, &shown, meta, &mut entry, &read_err);
+            let r = tree.file(&comps, &shown, meta, caps.as_deref(), &mut entry, &read_err);
             state.data.set(false);
             r?;
         } else if kind.is_symlink() || kind.is_hard_link() {
@@ -242,8 +252,9 @@ pub(super) fn drain(tree: &Tree, r: &mut impl Read, state: &GuardState, what: &s
     res
 }
 
-/// Mode, owner and mtime from the header, PAX `uid`, `gid` and `mtime` first.
-fn meta<R: Read>(entry: &mut tar::Entry<R>) -> Meta {
+/// Mode, owner and mtime from the header, PAX `uid`, `gid` and `mtime`
+/// first; and the file capabilities a PAX xattr record carries.
+fn meta<R: Read>(entry: &mut tar::Entry<R>) -> (Meta, Option<Vec<u8>>) {
     let h = entry.header();
     let mut m = Meta {
         mode: h.mode().unwrap_or(0o644),
@@ -251,6 +262,7 @@ fn meta<R: Read>(entry: &mut tar::Entry<R>) -> Meta {
         gid: h.gid().unwrap_or(0),
         mtime: h.mtime().map(|t| t.min(i64::MAX as u64) as i64).unwrap_or(0),
     };
+    let mut caps = None;
     if let Ok(Some(pax)) = entry.pax_extensions() {
         for ext in pax.flatten() {
             let num = || ext.value().ok().and_then(|v| v.split('.').next()?.parse::<i64>().ok());
@@ -258,9 +270,10 @@ fn meta<R: Read>(entry: &mut tar::Entry<R>) -> Meta {
                 Ok("uid") => m.uid = num().and_then(|n| u64::try_from(n).ok()).unwrap_or(m.uid),
                 Ok("gid") => m.gid = num().and_then(|n| u64::try_from(n).ok()).unwrap_or(m.gid),
                 Ok("mtime") => m.mtime = num().unwrap_or(m.mtime),
+                Ok("SCHILY.xattr.security.capability") => caps = Some(ext.value_bytes().to_vec()),
                 _ => {}
             }
         }
     }
-    m
+    (m, caps)
 }

@@ -569,3 +569,46 @@ fn test_unpack_oci_blob_symlink_refused() {
     let err = s.unpack(&oci.root).unwrap_err();
     assert!(matches!(err, ImportError::BadLayout { .. }), "{err}");
 }
+
+#[test]
+fn test_unpack_oversized_tar_metadata_is_refused() {
+    // A GNU long name bigger than the guard allows: refused before the tar
+    // crate holds it all in memory.
+    let name = vec![b'a'; tarball::MAX_TAR_META as usize + 4096];
+    let mut b = tar::Builder::new(Vec::new());
+    let h = header("././@LongLink", EntryType::GNULongName, name.len() as u64, 0o644, "");
+    b.append(&h, &name[..]).unwrap();
+    b.append(&header("x", EntryType::Regular, 0, 0o644, ""), &b""[..]).unwrap();
+    let s = Scratch::new();
+    let err = s.unpack(&s.write("long.tar", &b.into_inner().unwrap())).unwrap_err();
+    assert!(matches!(err, ImportError::TarMetadataTooLarge { .. }), "{err}");
+    // Control: a long name within bounds lands.
+    let mut b = tar::Builder::new(Vec::new());
+    let long = format!("{}/f", "d".repeat(200));
+    let h = header("././@LongLink", EntryType::GNULongName, long.len() as u64, 0o644, "");
+    b.append(&h, long.as_bytes()).unwrap();
+    b.append(&header("x", EntryType::Regular, 1, 0o644, ""), &b"y"[..]).unwrap();
+    let s = Scratch::new();
+    s.unpack(&s.write("ok.tar", &b.into_inner().unwrap())).unwrap();
+    assert_eq!(s.read(&long).as_deref(), Some(&b"y"[..]));
+}
+
+#[test]
+fn test_unpack_file_capabilities_and_pax_owner() {
+    // vfs_cap_data v2, effective, permitted CAP_NET_RAW.
+    let cap: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..]), ("uid", &b"4242"[..])]).unwrap();
+    b.append(&header("ping", EntryType::Regular, 1, 0o755, ""), &b"p"[..]).unwrap();
+    let s = Scratch::new();
+    let root = nix::unistd::geteuid().is_root();
+    let opts = Options { keep_owners: root, ..Options::default() };
+    s.unpack_with(&s.write("caps.tar", &b.into_inner().unwrap()), &opts).unwrap();
+    let f = fs::File::open(s.dest().join("ping")).unwrap();
+    if root {
+        assert_eq!(f.metadata().unwrap().uid(), 4242, "the PAX uid wins over the header's");
+        assert_eq!(tree::get_caps(&f).as_deref(), Some(&cap[..]));
+    } else {
+        assert_eq!(tree::get_caps(&f), None, "only root can keep capabilities");
+    }
+}

@@ -245,11 +245,14 @@ impl<'a> Tree<'a> {
     }
 
     /// A regular file with `r`'s bytes; a read error becomes `read_err`'s.
+    /// `caps`: its `security.capability` (file capabilities, as `ping`
+    /// has), set when owners are kept.
     pub fn file(
         &mut self,
         comps: &[OsString],
         shown: &str,
         meta: Meta,
+        caps: Option<&[u8]>,
         r: &mut dyn Read,
         read_err: &dyn Fn(io::Error) -> ImportError,
     ) -> Result<(), ImportError> {
@@ -272,7 +275,12 @@ impl<'a> Tree<'a> {
             }
             f.write_all(&self.buf[..n]).map_err(|source| ImportError::Write { path: shown.to_string(), source })?;
         }
-        self.set_meta(&f, meta, false).map_err(write_err(shown))
+        self.set_meta(&f, meta, false).map_err(write_err(shown))?;
+        match caps {
+            // After chown, which drops capabilities.
+            Some(v) if self.opts.keep_owners => set_caps(&f, v).map_err(write_err(shown)),
+            _ => Ok(()),
+        }
     }
 
     pub fn symlink(&mut self, comps: &[OsString], shown: &str, meta: Meta, target: &OsStr) -> Result<(), ImportError> {
@@ -412,6 +420,29 @@ fn ids(meta: Meta) -> (Uid, Gid) {
     let u = u32::try_from(meta.uid).unwrap_or(65534);
     let g = u32::try_from(meta.gid).unwrap_or(65534);
     (Uid::from_raw(u), Gid::from_raw(g))
+}
+
+const CAPS_XATTR: &std::ffi::CStr = c"security.capability";
+
+/// Sets `security.capability`; a file system without xattrs goes without.
+fn set_caps(f: &File, value: &[u8]) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the name is a NUL-terminated constant, and `value` is a live
+    // slice whose pointer and length go together; the fd is open.
+    let r = unsafe { libc::fsetxattr(f.as_raw_fd(), CAPS_XATTR.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    match Errno::result(r) {
+        Ok(_) | Err(Errno::EOPNOTSUPP) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A file's `security.capability`, if it has one.
+pub(super) fn get_caps(f: &File) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 256];
+    // SAFETY: as in `set_caps`; the kernel writes at most `buf.len()` bytes.
+    let n = unsafe { libc::fgetxattr(f.as_raw_fd(), CAPS_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).ok().map(|n| buf[..n].to_vec())
 }
 
 fn ts(secs: i64) -> TimeSpec {
