@@ -15,7 +15,8 @@ DEBIAN_MIRROR="${CORDON_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 need_apt=()
 # make, gcc, libc6-dev, xz-utils and patch build passt from source.
-for pkg in qemu-system-x86 busybox-static cpio make gcc libc6-dev xz-utils patch bubblewrap; do
+# mmdebstrap and erofs-utils build the Debian userland image (`cordon image build debian`).
+for pkg in qemu-system-x86 busybox-static cpio make gcc libc6-dev xz-utils patch bubblewrap mmdebstrap erofs-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -7,6 +7,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/setup.sh
 scripts/build-agent.sh >/dev/null
 cargo build --workspace --quiet
-# Build (or reuse) the guest image once, before the VM tests run in parallel.
-CORDON_AGENT="$PWD/target/agent/$(uname -m)-unknown-linux-gnu/release/cordon-agent" target/debug/cordon image build >/dev/null
+# Build (or reuse) the guest images once, before the tests run in parallel:
+# the boot image, and the Debian userland (mmdebstrap; about a minute, then
+# cached under ~/.cache/cordon/userlands).
+export CORDON_AGENT="$PWD/target/agent/$(uname -m)-unknown-linux-gnu/release/cordon-agent"
+target/debug/cordon image build >/dev/null
+target/debug/cordon image build debian --quiet >/dev/null
 cargo test --workspace --quiet "$@"

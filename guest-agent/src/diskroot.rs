@@ -32,10 +32,7 @@ fn mount(src: &Path, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, 
     let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), fp, flags, d.as_ptr().cast()) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!("mounting {} on {}: {e}", src.display(), target.display()),
-        ));
+        return Err(std::io::Error::new(e.kind(), format!("mounting {} on {}: {e}", src.display(), target.display())));
     }
     Ok(())
 }

@@ -170,12 +170,13 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
         ImageCommand::Rm { which } => {
             let boot = image::remove(&which);
             let user = userland::remove(&which);
-            match (boot, user) {
+            let removed = match (boot, user) {
                 (Err(image::ImageError::NotFound(_)), Ok(0)) => Err(image::ImageError::NotFound(which)),
-                (Ok(a), Ok(b)) => Ok(println!("removed {} image(s)", a + b)),
-                (Err(image::ImageError::NotFound(_)), Ok(n)) => Ok(println!("removed {n} image(s)")),
+                (Ok(a), Ok(b)) => Ok(a + b),
+                (Err(image::ImageError::NotFound(_)), Ok(n)) => Ok(n),
                 (Err(e), _) | (_, Err(e)) => Err(e),
-            }
+            };
+            removed.map(|n| println!("removed {n} image(s)"))
         }
         ImageCommand::Prune { unused_for } => {
             let idle = match unused_for.trim() {

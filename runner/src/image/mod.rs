@@ -299,8 +299,8 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     let cpio_path = tmp.path().join("initramfs.cpio");
     let f = std::fs::File::create(&cpio_path).map_err(io(&cpio_path))?;
     let mut w = cpio::CpioWriter::new(std::io::BufWriter::new(f));
-    write_initramfs(&mut w, &agent_bytes, &bb, &applets, &kernel.release, &moddir, &rel, &root_rel)
-        .map_err(io(&cpio_path))?;
+    let mods = Modules { release: &kernel.release, dir: &moddir, always: &rel, root: &root_rel };
+    write_initramfs(&mut w, &agent_bytes, &bb, &applets, &mods).map_err(io(&cpio_path))?;
     use std::io::Write;
     w.finish().and_then(|mut b| b.flush()).map_err(io(&cpio_path))?;
     let meta = ImageMeta {
@@ -346,16 +346,23 @@ fn inputs_fingerprint(kernel_package: &str, agent: &Path, busybox: &Path) -> Opt
     Some(hex::encode(h.finalize())[..24].to_string())
 }
 
+/// The kernel modules an initramfs carries: `always` loaded at boot, `root`
+/// only on runs with a userland disk (paths relative to `dir`).
+struct Modules<'a> {
+    release: &'a str,
+    dir: &'a Path,
+    always: &'a [String],
+    root: &'a [String],
+}
+
 fn write_initramfs<W: std::io::Write>(
     w: &mut cpio::CpioWriter<W>,
     agent: &[u8],
     busybox: &[u8],
     applets: &str,
-    release: &str,
-    moddir: &Path,
-    modules: &[String],
-    root_modules: &[String],
+    mods: &Modules,
 ) -> std::io::Result<()> {
+    let (release, moddir, modules, root_modules) = (mods.release, mods.dir, mods.always, mods.root);
     let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
     for d in [
         "bin",

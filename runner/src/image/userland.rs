@@ -310,12 +310,7 @@ pub fn resolve(spec: &ImageSpec, build: bool, progress: &Progress) -> Result<Opt
 }
 
 /// Builds a Debian image (or finds it built by another cordon meanwhile).
-pub fn build_debian(
-    suite: &str,
-    packages: &[String],
-    name: &str,
-    progress: &Progress,
-) -> Result<Userland, ImageError> {
+pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Progress) -> Result<Userland, ImageError> {
     check_suite(suite).map_err(ImageError::BadSpec)?;
     for p in packages {
         check_package(p).map_err(ImageError::BadSpec)?;
