@@ -189,6 +189,8 @@ mod tests {
         assert!(p.reboot_to_halt);
         assert_eq!(p.net.as_ref().map(|n| n.mtu), Some(Some(1500)));
         assert_eq!(BootParams::parse("cordon.listen cordon.token=abc"), BootParams::default());
+        assert_eq!(BootParams::parse("cordon.root=erofs").root, Some(RootFs::Erofs));
+        assert_eq!(BootParams::parse("cordon.root=zfs").root, None, "an unknown root is no root");
     }
 
     #[test]

@@ -896,6 +896,44 @@ mod tests {
     }
 
     #[test]
+    fn test_image_from_job_file_and_flags() {
+        use crate::image::userland::ImageSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let deb = |p: &[&str]| ImageSpec::Debian {
+            suite: "bookworm".into(),
+            packages: p.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(job_plan(dir.path(), "", &[]).unwrap().image, ImageSpec::Default);
+        assert_eq!(job_plan(dir.path(), "image = 'debian'", &[]).unwrap().image, deb(&[]));
+        assert_eq!(job_plan(dir.path(), "image = 'mine'", &[]).unwrap().image, ImageSpec::Named("mine".into()));
+        let t = "image = { base = 'debian', packages = ['zlib1g-dev', 'libffi-dev'] }";
+        assert_eq!(job_plan(dir.path(), t, &[]).unwrap().image, deb(&["libffi-dev", "zlib1g-dev"]));
+        // --package adds to the file's list; --image replaces the file's image.
+        assert_eq!(
+            job_plan(dir.path(), t, &["--package", "jq"]).unwrap().image,
+            deb(&["jq", "libffi-dev", "zlib1g-dev"])
+        );
+        assert_eq!(job_plan(dir.path(), t, &["--image", "default"]).unwrap().image, ImageSpec::Default);
+        for bad in [
+            "image = { base = 'debian', packages = ['-oAPT::Get=x'] }",
+            "image = { base = 'debian', packages = ['a,b'] }",
+            "image = { base = 'debian', suite = '--help' }",
+            "image = { base = 'alpine', packages = ['x'] }",
+            "image = { base = 'debian', extra = 1 }",
+            "image = '../x'",
+            "disk = '1M'",
+            "disk = 'lots'",
+        ] {
+            assert!(job_plan(dir.path(), bad, &[]).is_err(), "{bad}");
+        }
+        let p = job_plan(dir.path(), "disk = '20G'", &[]).unwrap();
+        assert_eq!(p.disk_bytes, 20 << 30);
+        assert_eq!(job_plan(dir.path(), "", &[]).unwrap().disk_bytes, DEFAULT_DISK);
+        assert!(!job_plan(dir.path(), "", &[]).unwrap().no_build);
+        assert!(job_plan(dir.path(), "", &["--no-build"]).unwrap().no_build);
+    }
+
+    #[test]
     fn test_job_file_limits_untrusted() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
@@ -904,6 +942,7 @@ mod tests {
             ("pids = 4097", "pids = 4096", "pids", "--pids"),
             ("max_artifacts_size = '5G'", "max_artifacts_size = '4G'", "max_artifacts_size", "--max-artifacts-size"),
             ("artifacts_timeout = '11m'", "artifacts_timeout = '10m'", "artifacts_timeout", "--artifacts-timeout"),
+            ("disk = '65G'", "disk = '64G'", "disk", "--disk"),
         ];
         for (over, at, key, flag) in cases {
             match job_plan(dir.path(), over, &[]) {
