@@ -391,7 +391,7 @@ fn test_per_job_package_builds_a_derived_image_once() {
 #[test]
 fn test_concurrent_builds_of_one_image_both_succeed_leaving_one_entry() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: building a Debian image needs root (mmdebstrap --mode=root)");
+        eprintln!("skipped: building a Debian image needs root (mmdebstrap runs package scripts as root)");
         return;
     }
     let cache = tempfile::tempdir().unwrap();

@@ -71,7 +71,7 @@ pub enum ImageError {
     #[error("{0}")]
     BadSpec(String),
     #[error(
-        "building a Debian image needs root (mmdebstrap --mode=root installs packages as root in a chroot): \
+        "building a Debian image needs root (mmdebstrap runs the packages' scripts as root in a chroot): \
          run `sudo cordon image build debian`, or import a rootfs with `cordon image import`"
     )]
     NeedsRoot,

@@ -335,6 +335,9 @@ pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Pro
     if let Ok(u) = load(&dir) {
         return Ok(u);
     }
+    // Holding the lock, no build is under way: a staging dir left here is
+    // from a build that died.
+    remove_stale(&root, ".build-", progress);
     let debs = super::cache_dir().join("debs").join(format!("{suite}-{}", super::debian_arch()));
     std::fs::create_dir_all(&debs).map_err(io(&debs))?;
     std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -343,7 +346,11 @@ pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Pro
     let t0 = std::time::Instant::now();
     progress.stage(&format!("building image {name} ({id}): mmdebstrap {suite}, {} packages", packages.len()));
     let mut cmd = Command::new("mmdebstrap");
-    cmd.args(["--mode=root", "--variant=apt", "--format=directory"])
+    // unshare mode as root: the chroot's mounts live in a private mount
+    // namespace and the package scripts in a private PID namespace, so a
+    // build that dies (Ctrl-C, a SIGKILLed cordon) leaves no mount behind
+    // on the host and no process running.
+    cmd.args(["--mode=unshare", "--variant=apt", "--format=directory"])
         .arg(format!("--include={}", packages.join(",")))
         .arg(format!("--architectures={}", super::debian_arch()))
         // Keep the downloaded .debs for the next build (derived images).
@@ -355,6 +362,7 @@ pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Pro
         .arg(suite)
         .arg(&tree)
         .arg(DEFAULT_MIRROR);
+    crate::procs::die_with_parent(&mut cmd);
     run_tool(cmd, "mmdebstrap", progress)?;
     finish_tree(&tree)?;
     progress.stage(&format!("packing {name} into erofs"));
@@ -369,6 +377,25 @@ pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Pro
     let u = install(tmp, &dir, &meta)?;
     progress.stage(&format!("built image {name} in {:.1}s", t0.elapsed().as_secs_f64()));
     Ok(u)
+}
+
+/// Removes the staging dirs `prefix`* under `root` of builds that died,
+/// unless something is mounted below one (then it is left, and said).
+fn remove_stale(root: &Path, prefix: &str, progress: &Progress) {
+    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let p = e.path();
+        let below = format!("{}/", p.display());
+        if mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&below))) {
+            progress.stage(&format!("leaving {}: something is mounted below it", p.display()));
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(&p);
+    }
 }
 
 /// Turns an unpacked tree (in `tmp`/tree) into a cached image named `name`,
