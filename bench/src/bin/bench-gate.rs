@@ -46,6 +46,9 @@ struct Args {
     /// The target ratio of gate to plain relay
     #[arg(long, default_value_t = 0.9)]
     target_ratio: f64,
+    /// Profiling: run only the gate relay, the plain relay or the judge-only loop
+    #[arg(long, value_parser = ["gate", "plain", "judge"])]
+    only: Option<String>,
 }
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -287,6 +290,16 @@ async fn plain_pipe(r: tokio::net::unix::OwnedReadHalf, mut w: tokio::net::unix:
     }
 }
 
+/// CPU time this thread has used: unlike wall time, barely moved by other
+/// load on the machine.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for clock_gettime to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 fn gate_for(a: &Args) -> Gate {
     let rules = cordon::policy::parse_rules(&a.allow, &[]).expect("--allow rules");
     Gate::new(gate::Config {
@@ -303,17 +316,19 @@ fn gate_for(a: &Args) -> Gate {
 }
 
 /// Runs `kind` on its own thread, in a current-thread runtime as in a run,
-/// until `stop` fires; returns the gate's counters (None for plain).
+/// until `stop` fires; returns the gate's counters (None for plain) and the
+/// CPU time the relay's thread used.
 fn spawn_relay(
     kind: Kind,
     gate: Gate,
     guest: UnixStream,
     passt: UnixStream,
     stop: tokio::sync::oneshot::Receiver<()>,
-) -> std::thread::JoinHandle<Option<gate::Counters>> {
+) -> std::thread::JoinHandle<(Option<gate::Counters>, Duration)> {
     std::thread::spawn(move || {
+        let cpu0 = thread_cpu();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
+        let counters = rt.block_on(async move {
             let tok = |s: UnixStream| {
                 s.set_nonblocking(true).expect("nonblocking");
                 tokio::net::UnixStream::from_std(s).expect("tokio socket")
@@ -338,13 +353,15 @@ fn spawn_relay(
                     None
                 }
             }
-        })
+        });
+        (counters, thread_cpu() - cpu0)
     })
 }
 
 /// One round of one case through one relay: seconds from the first data
-/// byte written to the last data frame read on passt's side.
-fn round(kind: Kind, case: &Case, a: &Args) -> f64 {
+/// byte written to the last data frame read on passt's side, and the CPU
+/// seconds the relay's thread used.
+fn round(kind: Kind, case: &Case, a: &Args) -> (f64, f64) {
     let (mut guest, guest_relay) = UnixStream::pair().expect("socketpair");
     let (mut passt, passt_relay) = UnixStream::pair().expect("socketpair");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -401,14 +418,14 @@ fn round(kind: Kind, case: &Case, a: &Args) -> f64 {
     let (t1, got) = passt_side.join().expect("passt side");
     let acked = ack_reader.join().expect("ack reader");
     let _ = stop_tx.send(());
-    let counters = relay.join().expect("relay");
+    let (counters, cpu) = relay.join().expect("relay");
     assert_eq!((got.frames, got.odd), (case.frames, 0), "{kind:?} {}: frames lost or cut", case.name());
     assert_eq!((acked.frames, acked.odd), (acks, 0), "{}: ACKs lost or cut", case.name());
     if let Some(c) = counters {
         // The gate judged and allowed exactly these flows and dropped nothing.
         assert_eq!((c.flows_allowed, c.flows_denied, c.frames_dropped), (case.flows as u64, 0, 0), "{c:?}");
     }
-    (t1 - t0).as_secs_f64()
+    ((t1 - t0).as_secs_f64(), cpu.as_secs_f64())
 }
 
 /// The gate's judgement alone, no I/O: nanoseconds per data frame plus its
@@ -430,10 +447,10 @@ fn judge_only(case: &Case, a: &Args) -> f64 {
     }
     let data = split(&case.data_cycle);
     let acks = split(&case.ack_cycle);
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), thread_cpu());
     let mut n = 0usize;
     let mut ai = 0usize;
-    while t.elapsed() < Duration::from_millis(200) {
+    while t.elapsed() < Duration::from_millis(300) {
         for (i, f) in data.iter().enumerate() {
             assert_eq!(g.outbound(f), Outbound::Forward);
             if a.ack_every != 0 && i % a.ack_every == 0 {
@@ -443,10 +460,13 @@ fn judge_only(case: &Case, a: &Args) -> f64 {
         }
         n += data.len();
     }
-    t.elapsed().as_secs_f64() * 1e9 / n as f64
+    (thread_cpu() - cpu0).as_secs_f64() * 1e9 / n as f64
 }
 
 fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -474,10 +494,15 @@ fn main() {
         for (i, c) in cases.iter().enumerate() {
             // Alternate which goes first, so drift and noise hit both.
             let order = if r % 2 == 0 { [Kind::Gate, Kind::Plain] } else { [Kind::Plain, Kind::Gate] };
+            let only = a.only.as_deref();
             for k in order {
-                secs[i][usize::from(k == Kind::Plain)].push(round(k, c, &a));
+                if only.is_none_or(|o| o == format!("{k:?}").to_lowercase()) {
+                    secs[i][usize::from(k == Kind::Plain)].push(round(k, c, &a));
+                }
             }
-            judge[i].push(judge_only(c, &a));
+            if only.is_none_or(|o| o == "judge") {
+                judge[i].push(judge_only(c, &a));
+            }
         }
         eprintln!("bench-gate: round {} of {} done", r + 1, a.rounds);
     }
@@ -485,21 +510,30 @@ fn main() {
     let mut ratios = Vec::new();
     let mut mtu_gbit = Vec::new();
     for (i, c) in cases.iter().enumerate() {
-        let fig = |s: &[f64]| {
-            let s = median(s);
+        let col = |k: usize, f: fn(&(f64, f64)) -> f64| secs[i][k].iter().map(f).collect::<Vec<f64>>();
+        let fig = |k: usize| {
+            let s = median(&col(k, |r| r.0));
             let fps = c.frames as f64 / s;
             let bytes = fps * c.frame_len as f64;
-            (fps, bytes / f64::from(1 << 20), bytes * 8.0 / 1e9)
+            let cpu_ns = median(&col(k, |r| r.1)) * 1e9 / c.frames as f64;
+            (fps, bytes / f64::from(1 << 20), bytes * 8.0 / 1e9, cpu_ns)
         };
-        let (g, p) = (fig(&secs[i][0]), fig(&secs[i][1]));
+        let (g, p) = (fig(0), fig(1));
         let ratio = g.0 / p.0;
         // Per-round ratios, to show the spread the median hides.
-        let per_round: Vec<f64> = secs[i][1].iter().zip(&secs[i][0]).map(|(p, g)| round2(p / g)).collect();
+        let per_round: Vec<f64> = secs[i][1].iter().zip(&secs[i][0]).map(|(p, g)| round2(p.0 / g.0)).collect();
         ratios.push(ratio);
         if c.payload + 54 >= GUEST_MTU {
             mtu_gbit.push(g.2);
         }
-        let side = |(fps, mibs, gbit): (f64, f64, f64)| serde_json::json!({"frames_per_s": fps.round(), "mib_per_s": round2(mibs), "gbit_per_s": round2(gbit)});
+        let side = |(fps, mibs, gbit, cpu_ns): (f64, f64, f64, f64)| {
+            serde_json::json!({
+                "frames_per_s": fps.round(),
+                "mib_per_s": round2(mibs),
+                "gbit_per_s": round2(gbit),
+                "relay_cpu_ns_per_frame": round2(cpu_ns),
+            })
+        };
         out.insert(
             c.name(),
             serde_json::json!({
@@ -510,7 +544,10 @@ fn main() {
                 "plain": side(p),
                 "ratio_gate_over_plain": round2(ratio),
                 "ratio_per_round": per_round,
-                "judge_only_ns_per_frame": round2(median(&judge[i])),
+                // What a relay with a core to itself would give: plain's CPU
+                // cost per frame over the gate's.
+                "cpu_ratio_gate_over_plain": round2(p.3 / g.3),
+                "judge_only_cpu_ns_per_frame": round2(median(&judge[i])),
             }),
         );
     }
