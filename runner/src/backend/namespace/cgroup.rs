@@ -513,7 +513,19 @@ impl<F: CgroupFs> SandboxCgroup<F> {
         out
     }
 
-    /// Moves process `pid` (the sandbox's init) into every directory.
+    /// The sandbox's directory in each v1 hierarchy, for ns-init to join
+    /// (`cgjoin::join_v1`).
+    pub fn v1_dirs(&self) -> Vec<PathBuf> {
+        self.dirs().into_iter().filter(|d| Some(*d) != self.v2.as_deref()).map(Path::to_path_buf).collect()
+    }
+
+    /// Its v2 directory, where ns-init creates PID 1 (`cgjoin::clone_into`).
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.v2.as_deref()
+    }
+
+    /// Moves process `pid` into every directory by `cgroup.procs` (which
+    /// costs an RCU grace period: the sandbox joins by `cgjoin` instead).
     pub fn add(&self, pid: u32) -> io::Result<()> {
         for d in self.dirs() {
             let f = d.join("cgroup.procs");

@@ -7,12 +7,13 @@
 //!    host's user namespace (so the sandbox's root has no CAP_NET_ADMIN or
 //!    CAP_NET_RAW over it), the tap created and configured inside it, its fd
 //!    sent to cordon for the gate;
-//! 3. open the host paths it will bind (the mapped root cannot walk the
+//! 3. join the sandbox's v1 cgroups and open its v2 one (`cgjoin`);
+//! 4. open the host paths it will bind (the mapped root cannot walk the
 //!    host's 0700 directories);
-//! 4. a new user namespace; cordon writes the id maps and moves this
-//!    process into the sandbox's cgroup, then says go;
-//! 5. new mount, PID, IPC, UTS and cgroup namespaces (and network, without a
-//!    tap: loopback only), then fork: the child is PID 1, builds the root
+//! 5. a new user namespace; cordon writes the id maps, then says go;
+//! 6. new mount, PID, IPC and UTS namespaces (and network, without a tap:
+//!    loopback only), then fork, the child into the v2 cgroup: the child is
+//!    PID 1, in a cgroup namespace of its own, builds the root
 //!    (`sys::setup_root`), confines itself (`confine::apply`) and becomes the
 //!    agent, serving the protocol on fd 3. This process waits for it and
 //!    exits with its status; both die with cordon (PR_SET_PDEATHSIG).
@@ -63,6 +64,10 @@ pub struct Spec {
     /// The gid range allowed unprivileged ICMP sockets in the tap's network
     /// namespace (its sysctl starts closed, "1 0").
     pub ping_gids: Option<(u32, u32)>,
+    /// The sandbox's cgroup directories in v1 hierarchies (ns-init joins them).
+    pub cgroup_v1: Vec<PathBuf>,
+    /// Its v2 directory (PID 1 starts in it).
+    pub cgroup_v2: Option<PathBuf>,
 }
 
 /// Messages from ns-init to cordon, one JSON line each.
@@ -85,7 +90,7 @@ pub enum Report {
     },
 }
 
-/// cordon's answer to `Userns`: the maps are written, the cgroup joined.
+/// cordon's answer to `Userns`: the maps are written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Go {
@@ -166,6 +171,15 @@ pub fn main() -> ! {
         Ok(Err(e)) => fail(&mut sync, "reading the spec", e),
         Err(e) => fail(&mut sync, "reading the spec", e),
     };
+    // The cgroups first, as the host's user that owns them: everything from
+    // here on is charged to the sandbox.
+    if let Err(e) = super::cgjoin::join_v1(&spec.cgroup_v1) {
+        fail(&mut sync, "moving the sandbox into its cgroup", e);
+    }
+    let cgroup_v2 = match spec.cgroup_v2.as_deref().map(super::cgjoin::open_v2).transpose() {
+        Ok(fd) => fd,
+        Err(e) => fail(&mut sync, "opening the sandbox's cgroup", e),
+    };
     if let Some(net) = &spec.tap {
         if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
             fail(&mut sync, "a network namespace for the tap", e);
@@ -210,25 +224,29 @@ pub fn main() -> ! {
         Ok(Err(e)) => fail(&mut sync, "waiting for the id maps", e),
         Err(e) => fail(&mut sync, "waiting for the id maps", e),
     };
-    become_root(&mut sync, parent);
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWCGROUP;
+    let mut flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if spec.tap.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if let Err(e) = nix::sched::unshare(flags) {
-        fail(&mut sync, "mount, pid, ipc, uts and cgroup namespaces", e);
+        fail(&mut sync, "mount, pid, ipc and uts namespaces", e);
     }
     if !root {
         prepare(&mut sync, &plan, CloneFlags::empty());
     }
-    // SAFETY: single-threaded; the child only continues this function's
-    // straight-line setup and then execs.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
+    // PID 1 learns from this pipe's end-of-file that ns-init died before
+    // its death signal was armed (getppid says 0 across the PID namespace).
+    let alive = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+        Ok(p) => p,
+        Err(e) => fail(&mut sync, "a pipe for PID 1", e),
+    };
+    // Still the host's user that owns the cgroup: CLONE_INTO_CGROUP checks it.
+    match super::cgjoin::clone_into(cgroup_v2.as_ref()) {
+        Ok(super::cgjoin::Forked::Parent(child)) => {
+            let _writer = alive.1;
+            drop((alive.0, cgroup_v2));
+            become_root(&mut sync, parent);
             drop(sync);
             let code = match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
@@ -237,14 +255,26 @@ pub fn main() -> ! {
             };
             std::process::exit(code)
         }
-        Ok(nix::unistd::ForkResult::Child) => {}
+        Ok(super::cgjoin::Forked::Child) => {}
         Err(e) => fail(&mut sync, "forking the sandbox's init", e),
+    }
+    drop((alive.1, cgroup_v2));
+    set_root_ids(&mut sync);
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let mut b = [0u8; 1];
+    if matches!(nix::unistd::read(&alive.0, &mut b), Ok(0)) {
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(1) };
+    }
+    drop(alive.0);
+    // Rooted at the sandbox's cgroup, now that this process is in it.
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP) {
+        fail(&mut sync, "a cgroup namespace", e);
     }
     // PID 1 of the sandbox from here on: back within the OOM killer's reach
     // (raising the score needs no privilege), like everything it starts.
     let _ = std::fs::write("/proc/self/oom_score_adj", "0");
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if spec.tap.is_none() {
         crate::backend::namespace::tap::loopback_up();
     }
@@ -268,9 +298,22 @@ pub fn main() -> ! {
     exec_agent(agent, &spec.token)
 }
 
+/// Root (0) inside the new user namespace, then the death signal again (a
+/// credential change clears it), and gone if cordon already is.
+fn become_root(sync: &mut UnixStream, parent: libc::pid_t) {
+    set_root_ids(sync);
+    // SAFETY: prctl and getppid with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+}
+
 /// Root (0) inside the new user namespace, with no supplementary host groups
 /// where the maps allow dropping them.
-fn become_root(sync: &mut UnixStream, parent: libc::pid_t) {
+fn set_root_ids(sync: &mut UnixStream) {
     let _ = nix::unistd::setgroups(&[]);
     let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
     if let Err(e) = nix::unistd::setresgid(root.0, root.0, root.0) {
@@ -278,15 +321,6 @@ fn become_root(sync: &mut UnixStream, parent: libc::pid_t) {
     }
     if let Err(e) = nix::unistd::setresuid(root.1, root.1, root.1) {
         fail(sync, "becoming the sandbox's root (uid)", e);
-    }
-    // Changing credentials cleared the death signal cordon set; set it again,
-    // and go if cordon is already gone.
-    // SAFETY: prctl and getppid with integer arguments.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() != parent {
-            libc::_exit(1);
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! judges before passt. ns-init (init.rs) builds it; this side answers its
 //! reports, writes the id maps, wires the gate and connects to the agent.
 
+pub mod cgjoin;
 pub mod cgroup;
 pub mod confine;
 pub mod init;
@@ -144,7 +145,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let stage = d.join("stage");
     std::fs::create_dir(&stage).map_err(spawn_err("stage dir"))?;
     let token = new_token();
-    let spec = Spec {
+    let mut spec = Spec {
         image_root: (plan.rootfs == RootfsChoice::Image)
             .then(|| userland.as_ref().map(|u| u.tree()).unwrap_or_else(|| rootfs.clone())),
         agent_in_image: plan.rootfs == RootfsChoice::Image && userland.is_none(),
@@ -162,6 +163,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         // ICMP echo through unprivileged ICMP sockets for the sandbox's ids
         // (no raw sockets there); the gate judges it like any flow.
         ping_gids: (root && plan.gated()).then_some((gid_base, gid_base + map_len - 1)),
+        cgroup_v1: Vec::new(),
+        cgroup_v2: None,
     };
 
     let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
@@ -182,13 +185,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         j.track(pid, "ns-init");
     }
     guard.init = Some(child);
-    // ns-init starts its work while the cgroup is made; it waits for the id
-    // maps (and the cgroup) before building the sandbox's namespaces.
-    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
-    line.push(b'\n');
-    use std::io::Write;
-    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
-
+    // ns-init starts (exec, loading) while the cgroup is made; it joins the
+    // cgroup itself (cgjoin.rs), first thing once it has the spec.
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
     // Its own random name: cgroup paths are world-readable, the token is not.
     let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &new_token()[..12]), &limits);
@@ -196,13 +194,18 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         // For the janitor: a SIGKILLed cordon must not leave them behind.
         let dirs: Vec<String> = cg.dirs().iter().map(|p| p.display().to_string()).collect();
         let _ = std::fs::write(d.join("cgroups"), dirs.join("\n"));
+        spec.cgroup_v1 = cg.v1_dirs();
+        spec.cgroup_v2 = cg.v2_dir().map(PathBuf::from);
     }
     guard.cgroup = cg;
+    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
+    line.push(b'\n');
+    use std::io::Write;
+    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
     let nproc_max =
         (!layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids")).then_some(plan.pids_max);
     let maps = IdMaps { root, uid_base, gid_base, len: map_len, nproc_max };
-    let cg_ref = guard.cgroup.as_ref();
-    let handshake = handshake(&mut sync_ours, &maps, cg_ref);
+    let handshake = handshake(&mut sync_ours, &maps);
     let (tap, confined) = match handshake {
         Ok(x) => x,
         Err(why) => {
@@ -252,11 +255,7 @@ impl IdMaps {
 
 /// Answers ns-init's reports until PID 1 says it is confined (or something
 /// failed). Blocking, bounded by a read timeout on the sync socket.
-fn handshake(
-    sync: &mut UnixStream,
-    maps: &IdMaps,
-    cg: Option<&cgroup::SandboxCgroup>,
-) -> Result<(Option<OwnedFd>, Vec<Layer>), String> {
+fn handshake(sync: &mut UnixStream, maps: &IdMaps) -> Result<(Option<OwnedFd>, Vec<Layer>), String> {
     use std::io::Write;
     let _ = sync.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
@@ -267,9 +266,6 @@ fn handshake(
             Report::Tap => tap = Some(fd.ok_or("ns-init sent no tap descriptor")?),
             Report::Userns { pid } => {
                 maps.write(pid).map_err(|e| format!("writing the sandbox's id maps: {e}"))?;
-                if let Some(cg) = cg {
-                    cg.add(pid).map_err(|e| format!("moving the sandbox into its cgroup: {e}"))?;
-                }
                 let go = init::Go { nproc_max: maps.nproc_max };
                 sync.write_all(&go.line()).map_err(|e| format!("ns-init went away: {e}"))?;
             }
