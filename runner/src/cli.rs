@@ -50,6 +50,11 @@ pub enum ImageCommand {
         /// or comma-separated)
         #[arg(long = "packages", alias = "package", value_name = "PKG,...", value_delimiter = ',')]
         packages: Vec<String>,
+        /// The kernel of the default image: auto (cordon's when built, else
+        /// Debian's), debian, or cordon (runs kernel-config/build.sh when it
+        /// is not built yet and cordon's source tree is at hand)
+        #[arg(long, value_enum, default_value_t = crate::image::KernelChoice::Auto)]
+        kernel: crate::image::KernelChoice,
         /// Download the kernel package again even when one is cached (default only)
         #[arg(long)]
         refresh: bool,
@@ -137,6 +142,11 @@ pub struct RunArgs {
     /// for the same set
     #[arg(long = "package", value_name = "PKG,...", value_delimiter = ',')]
     pub packages: Vec<String>,
+    /// The VM's kernel: cordon (its own minimal kernel, everything built in;
+    /// kernel-config/build.sh builds it), debian (Debian's cloud kernel with
+    /// modules), or auto (cordon's when built, else Debian's; the default)
+    #[arg(long, value_enum)]
+    pub kernel: Option<crate::image::KernelChoice>,
     /// Never build a missing image: fail naming the command that builds it
     #[arg(long)]
     pub no_build: bool,

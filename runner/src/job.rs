@@ -15,6 +15,8 @@ pub struct JobFile {
     /// The image: "default" (busybox), "debian", a name from `cordon image
     /// ls`, or a table `{ base = "debian", packages = [...], suite = "..." }`.
     pub image: Option<ImageField>,
+    /// The VM's kernel: "auto" (default), "cordon" or "debian".
+    pub kernel: Option<crate::image::KernelChoice>,
     /// Size of the scratch disk under a userland image's overlay (the
     /// workspace, /tmp and everything the steps write), e.g. "20G"; default "8G".
     pub disk: Option<String>,

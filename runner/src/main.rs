@@ -80,7 +80,7 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
     use cordon::image::{self, progress::Progress, userland};
     let log = |m: &str| eprintln!("cordon: {}", cordon::term::sanitize_line(m));
     let res = match cmd {
-        ImageCommand::Build { name, suite, packages, refresh, quiet, agent } => match name.as_str() {
+        ImageCommand::Build { name, suite, packages, kernel, refresh, quiet, agent } => match name.as_str() {
             "default" => {
                 if !packages.is_empty() || suite != userland::DEFAULT_SUITE {
                     eprintln!("cordon: error: --suite and --packages are for `cordon image build debian`");
@@ -93,7 +93,12 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
                         return ExitCode::from(exit::BACKEND_UNAVAILABLE);
                     }
                 };
-                image::build_default(&agent, refresh, &log).map(|img| {
+                if kernel == image::KernelChoice::Cordon {
+                    if let Err(code) = build_cordon_kernel() {
+                        return code;
+                    }
+                }
+                image::build_default(&agent, kernel, refresh, &log).map(|img| {
                     println!("{} {} {}", img.meta.id, img.meta.name, img.dir.display());
                 })
             }
@@ -206,6 +211,33 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
                 _ => exit::BACKEND_UNAVAILABLE,
             };
             ExitCode::from(code)
+        }
+    }
+}
+
+/// Runs kernel-config/build.sh from cordon's source tree (beside the
+/// binary, or the working directory): cached, it returns at once.
+fn build_cordon_kernel() -> Result<(), ExitCode> {
+    let arch = std::env::consts::ARCH;
+    let exe = std::env::current_exe().ok();
+    let candidates = [
+        exe.as_ref().and_then(|e| e.parent()?.parent()?.parent().map(|r| r.join("kernel-config/build.sh"))),
+        Some(std::path::PathBuf::from("kernel-config/build.sh")),
+    ];
+    let Some(script) = candidates.into_iter().flatten().find(|p| p.is_file()) else {
+        eprintln!(
+            "cordon: error: kernel-config/build.sh is not beside this cordon binary or in the working \
+             directory: run it from cordon's source tree (`kernel-config/build.sh {arch}`)"
+        );
+        return Err(ExitCode::from(exit::BACKEND_UNAVAILABLE));
+    };
+    eprintln!("cordon: building cordon's kernel with {} (cached after the first time)", script.display());
+    let st = std::process::Command::new("bash").arg(&script).arg(arch).stdout(std::process::Stdio::null()).status();
+    match st {
+        Ok(s) if s.success() => Ok(()),
+        other => {
+            eprintln!("cordon: error: {} {arch} failed: {other:?}", script.display());
+            Err(ExitCode::from(exit::BACKEND_UNAVAILABLE))
         }
     }
 }

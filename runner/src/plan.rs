@@ -94,6 +94,8 @@ pub struct Plan {
     /// The userland: the default image, Debian (with extra packages), or a
     /// named image (an import).
     pub image: crate::image::userland::ImageSpec,
+    /// The VM's kernel (`--kernel`, `kernel =`).
+    pub kernel: crate::image::KernelChoice,
     /// `--no-build`: a missing image is an error naming its build command.
     pub no_build: bool,
     /// Bytes of the scratch disk under a userland image's overlay (sparse).
@@ -650,6 +652,7 @@ impl Plan {
             net_log: a.net_log.clone(),
             image,
             no_build: a.no_build,
+            kernel: a.kernel.or(file.kernel).unwrap_or(crate::image::KernelChoice::Auto),
             disk_bytes,
             rootfs: a.rootfs,
             required_layers,

@@ -75,6 +75,12 @@ pub enum ImageError {
          run `sudo cordon image build debian`, or import a rootfs with `cordon image import`"
     )]
     NeedsRoot,
+    #[error(
+        "cordon's kernel is not built: run `kernel-config/build.sh {arch}` from cordon's source tree \
+         (or `cordon image build --kernel cordon` there), or pass --kernel debian",
+        arch = std::env::consts::ARCH
+    )]
+    NoCordonKernel,
     #[error("image metadata {path} is unreadable")]
     BadMeta {
         path: PathBuf,
@@ -144,11 +150,70 @@ fn run(cmd: &mut Command) -> Result<String, ImageError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// An unpacked kernel package.
+/// Which guest kernel a VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelChoice {
+    /// cordon's own kernel when one is built (kernel-config/build.sh), else Debian's.
+    Auto,
+    /// Debian's linux-image-cloud kernel, with its modules in the initramfs.
+    Debian,
+    /// cordon's minimal kernel (everything built in), built by kernel-config/build.sh.
+    Cordon,
+}
+
+/// A kernel to boot: Debian's unpacked package (modules under `root`), or
+/// cordon's own (no modules).
 struct Kernel {
+    /// What identifies it: the .deb's name, or cordon's cache entry and hash.
     package: String,
     release: String,
-    root: PathBuf,
+    /// The unpacked package (Debian's), whose lib/modules the initramfs draws on.
+    root: Option<PathBuf>,
+    vmlinuz: PathBuf,
+}
+
+/// The newest complete build of cordon's kernel for this architecture in
+/// `<cache>/cordon-kernels/` (kernel-config/build.sh writes them).
+fn cordon_kernel(cache: &Path) -> Option<Kernel> {
+    let dir = cache.join("cordon-kernels");
+    let arch = std::env::consts::ARCH;
+    let file = if arch == "aarch64" { "Image" } else { "bzImage" };
+    let mut found: Vec<(std::time::SystemTime, PathBuf, String)> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let complete = std::fs::read_to_string(e.path().join("complete")).ok()?;
+            complete.lines().any(|l| l == format!("arch={arch}")).then_some(())?;
+            let when = std::fs::metadata(e.path().join("complete")).and_then(|m| m.modified()).ok()?;
+            Some((when, e.path(), complete))
+        })
+        .filter(|(_, p, _)| p.join(file).is_file())
+        .collect();
+    found.sort();
+    let (_, path, complete) = found.pop()?;
+    let sha = complete.lines().find_map(|l| l.strip_prefix("sha256=")).unwrap_or_default().to_string();
+    // "# Linux/x86_64 6.1.192 Kernel Configuration"; build.sh sets LOCALVERSION=-cordon.
+    let config = std::fs::read_to_string(path.join("config")).unwrap_or_default();
+    let version = config.lines().find_map(|l| l.strip_prefix("# Linux/")?.split_whitespace().nth(1)).unwrap_or("?");
+    Some(Kernel {
+        package: format!("cordon-kernel {} {}", path.file_name()?.to_string_lossy(), sha),
+        release: format!("{version}-cordon"),
+        root: None,
+        vmlinuz: path.join(file),
+    })
+}
+
+/// The kernel `choice` names (Debian's is downloaded on first use).
+fn pick_kernel(cache: &Path, choice: KernelChoice, refresh: bool, log: &dyn Fn(&str)) -> Result<Kernel, ImageError> {
+    match choice {
+        KernelChoice::Cordon => cordon_kernel(cache).ok_or(ImageError::NoCordonKernel),
+        KernelChoice::Auto => match cordon_kernel(cache) {
+            Some(k) => Ok(k),
+            None => fetch_kernel(cache, refresh, log),
+        },
+        KernelChoice::Debian => fetch_kernel(cache, refresh, log),
+    }
 }
 
 /// Downloads and unpacks `linux-image-cloud-<arch>`'s current kernel once;
@@ -211,7 +276,8 @@ fn kernel_at(dir: &Path) -> Result<Kernel, ImageError> {
         .next()
         .ok_or_else(|| ImageError::BadKernelPackage("lib/modules/<release>".into()))?;
     let package = std::fs::read_to_string(dir.join("complete")).unwrap_or_default();
-    Ok(Kernel { package, release, root: dir.to_path_buf() })
+    let vmlinuz = dir.join("boot").join(format!("vmlinuz-{release}"));
+    Ok(Kernel { package, release, root: Some(dir.to_path_buf()), vmlinuz })
 }
 
 /// Whether an ELF file asks for a dynamic loader.
@@ -230,13 +296,21 @@ pub fn has_interpreter(bytes: &[u8]) -> bool {
     })
 }
 
-/// Builds (or finds in the cache) the default image for `agent`.
-pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<Image, ImageError> {
+/// Builds (or finds in the cache) the boot image for `agent` and the
+/// kernel `choice` names: "default" with Debian's kernel, "default-cordon"
+/// with cordon's.
+pub fn build_default(
+    agent: &Path,
+    choice: KernelChoice,
+    refresh: bool,
+    log: &dyn Fn(&str),
+) -> Result<Image, ImageError> {
     let cache = cache_dir();
     // Held until the image is built (or found) and old ones are pruned: a
     // concurrent first run waits here and then finds the finished image.
     let _lock = cache::CacheLock::acquire(&cache, log)?;
-    let kernel = fetch_kernel(&cache, refresh, log)?;
+    let kernel = pick_kernel(&cache, choice, refresh, log)?;
+    let name = if kernel.root.is_some() { "default" } else { "default-cordon" };
     let busybox = PathBuf::from("/bin/busybox");
     // Every run asks for the image: skip hashing the agent and busybox and
     // resolving modules when none of the inputs changed since last time.
@@ -255,13 +329,21 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     if has_interpreter(&agent_bytes) {
         return Err(ImageError::AgentNotStatic(agent.to_path_buf()));
     }
-    let moddir = kernel.root.join("lib/modules").join(&kernel.release);
-    let builtin = modinfo::parse_builtin(&std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default());
-    let index = modinfo::index(&moddir.join("kernel"));
-    let order = modinfo::resolve(WANTED_MODULES, &index, &builtin)?;
-    let all: Vec<&str> = WANTED_MODULES.iter().chain(ROOT_MODULES).copied().collect();
-    let root_order: Vec<PathBuf> =
-        modinfo::resolve(&all, &index, &builtin)?.into_iter().filter(|p| !order.contains(p)).collect();
+    // cordon's kernel has everything built in: no modules at all.
+    let moddir = kernel.root.as_ref().map(|r| r.join("lib/modules").join(&kernel.release)).unwrap_or_default();
+    let (order, root_order) = match &kernel.root {
+        None => (vec![], vec![]),
+        Some(_) => {
+            let builtin =
+                modinfo::parse_builtin(&std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default());
+            let index = modinfo::index(&moddir.join("kernel"));
+            let order = modinfo::resolve(WANTED_MODULES, &index, &builtin)?;
+            let all: Vec<&str> = WANTED_MODULES.iter().chain(ROOT_MODULES).copied().collect();
+            let root_order: Vec<PathBuf> =
+                modinfo::resolve(&all, &index, &builtin)?.into_iter().filter(|p| !order.contains(p)).collect();
+            (order, root_order)
+        }
+    };
     let strip = |v: &[PathBuf]| -> Vec<String> {
         v.iter().map(|p| p.strip_prefix(&moddir).unwrap_or(p).to_string_lossy().into_owned()).collect()
     };
@@ -293,8 +375,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     log(&format!("building image {id} (kernel {})", kernel.release));
     std::fs::create_dir_all(&images).map_err(io(&images))?;
     let tmp = tempfile::tempdir_in(&images).map_err(io(&images))?;
-    let vmlinuz = kernel.root.join("boot").join(format!("vmlinuz-{}", kernel.release));
-    std::fs::copy(&vmlinuz, tmp.path().join("vmlinuz")).map_err(io(&vmlinuz))?;
+    std::fs::copy(&kernel.vmlinuz, tmp.path().join("vmlinuz")).map_err(io(&kernel.vmlinuz))?;
     let applets = run(Command::new(&busybox).arg("--list-full"))?;
     let cpio_path = tmp.path().join("initramfs.cpio");
     let f = std::fs::File::create(&cpio_path).map_err(io(&cpio_path))?;
@@ -305,7 +386,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     w.finish().and_then(|mut b| b.flush()).map_err(io(&cpio_path))?;
     let meta = ImageMeta {
         id: id.clone(),
-        name: "default".into(),
+        name: name.into(),
         kernel_package: kernel.package.clone(),
         kernel_release: kernel.release.clone(),
         modules: rel,
@@ -314,7 +395,7 @@ pub fn build_default(agent: &Path, refresh: bool, log: &dyn Fn(&str)) -> Result<
     };
     let json = serde_json::to_vec_pretty(&meta).expect("image meta serializes");
     std::fs::write(tmp.path().join("image.json"), json).map_err(io(tmp.path()))?;
-    prune_old_defaults(&images, 2);
+    prune_old_defaults(&images, name, 2);
     let staged = tmp.keep();
     if let Err(e) = std::fs::rename(&staged, &dir) {
         // Another cordon built the same image (an older one, without the
@@ -438,12 +519,12 @@ fn write_initramfs<W: std::io::Write>(
     Ok(())
 }
 
-/// Keeps only the `keep` newest images named "default" (each new agent build
+/// Keeps only the `keep` newest images named `name` (each new agent build
 /// makes a new one); in-use images are safe: QEMU holds its files open.
-fn prune_old_defaults(images: &Path, keep: usize) {
+fn prune_old_defaults(images: &Path, name: &str, keep: usize) {
     let Ok(rd) = std::fs::read_dir(images) else { return };
     let mut defaults: Vec<Image> =
-        rd.flatten().filter_map(|e| load(&e.path()).ok()).filter(|i| i.meta.name == "default").collect();
+        rd.flatten().filter_map(|e| load(&e.path()).ok()).filter(|i| i.meta.name == name).collect();
     defaults.sort_by_key(|i| std::cmp::Reverse(i.meta.created_unix));
     for old in defaults.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(&old.dir);

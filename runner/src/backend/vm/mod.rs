@@ -150,7 +150,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     // Before the image build and the boot: an old passt is a refusal, not a hang later.
     let passt_bin = crate::backend::passt_for(plan)?;
     let agent = find_agent(plan.agent.as_deref())?;
-    let image = crate::image::build_default(&agent, false, log).map_err(BackendError::Image)?;
+    let image = crate::image::build_default(&agent, plan.kernel, false, log).map_err(BackendError::Image)?;
     let progress = crate::image::progress::Progress::auto(plan.json, log);
     let userland =
         crate::image::userland::resolve(&plan.image, !plan.no_build, &progress).map_err(BackendError::Image)?;
@@ -324,7 +324,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let boot_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(boot_ms, "agent ready");
     let description = format!(
-        "vm (QEMU {} {}, accel {}, control {}, net {})",
+        "vm (QEMU {} {}, accel {}, kernel {}, image {}, control {}, net {})",
         match machine {
             Machine::Microvm => "microvm",
             Machine::Q35 => "q35",
@@ -332,6 +332,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         },
         caps.version.split_whitespace().nth(3).unwrap_or("?"),
         accel.as_str(),
+        image.meta.kernel_release,
+        plan.image.display_name(),
         kind.describe(),
         match net {
             Net::Off => "off (no NIC)",
