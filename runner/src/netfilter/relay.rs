@@ -59,8 +59,59 @@ fn put_frame(batch: &mut Vec<u8>, f: &[u8]) {
     batch.extend_from_slice(f);
 }
 
-/// Writes queued frames: whatever is queued, as whole frames, at most
-/// WRITE_BATCH bytes per write (one write per frame when they come one by one).
+/// `f` as one length-prefixed frame, for the writer's queue.
+fn framed(f: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + f.len());
+    put_frame(&mut v, f);
+    v
+}
+
+/// True when `b` begins with a whole length-prefixed frame.
+fn whole_frame_at(b: &[u8]) -> bool {
+    b.len() >= 4 && b.len() - 4 >= u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+}
+
+/// Forwarded frames, gathered while more are already buffered to be read,
+/// and queued for the writer as one item: at most WRITE_BATCH bytes of whole
+/// frames, or one frame. The writer is given them before the reader could
+/// wait for input, so gathering delays no frame; it saves an allocation and
+/// a queue round trip per frame.
+struct Gather {
+    out: Vec<u8>,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl Gather {
+    fn new(tx: mpsc::Sender<Vec<u8>>) -> Gather {
+        Gather { out: Vec::new(), tx }
+    }
+
+    /// Adds `f`; false when the writer is gone.
+    async fn push(&mut self, f: &[u8]) -> bool {
+        if !self.out.is_empty() && self.out.len() + 4 + f.len() > WRITE_BATCH && !self.flush().await {
+            return false;
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve(WRITE_BATCH.max(4 + f.len()));
+        }
+        put_frame(&mut self.out, f);
+        true
+    }
+
+    /// Queues what was gathered unless `more` (a whole frame is buffered
+    /// to be read next); false when the writer is gone.
+    async fn flush_unless(&mut self, more: bool) -> bool {
+        more || self.flush().await
+    }
+
+    async fn flush(&mut self) -> bool {
+        self.out.is_empty() || self.tx.send(std::mem::take(&mut self.out)).await.is_ok()
+    }
+}
+
+/// Writes queued items, each one or more whole length-prefixed frames:
+/// whatever is queued, at most WRITE_BATCH bytes per write unless an item
+/// alone is larger (one write per item when they come one by one).
 fn writer(mut w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(512);
     let task = tokio::spawn(async move {
@@ -75,10 +126,17 @@ fn writer(mut w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, to
                 },
             };
             batch.clear();
-            put_frame(&mut batch, &first);
-            while batch.len() < WRITE_BATCH {
+            let mut n = first.len();
+            while n < WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(f) if batch.len() + 4 + f.len() <= WRITE_BATCH => put_frame(&mut batch, &f),
+                    Ok(f) if n + f.len() <= WRITE_BATCH => {
+                        // Copied only when more than one item goes into this write.
+                        if batch.is_empty() {
+                            batch.extend_from_slice(&first);
+                        }
+                        batch.extend_from_slice(&f);
+                        n += f.len();
+                    }
                     Ok(f) => {
                         next = Some(f);
                         break;
@@ -88,7 +146,8 @@ fn writer(mut w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, to
             }
             // A short write can only happen for a lone frame above
             // WRITE_BATCH or a tiny send buffer; the rest follows at once.
-            if w.write_all(&batch).await.is_err() {
+            let out = if batch.is_empty() { &first[..] } else { &batch[..] };
+            if w.write_all(out).await.is_err() {
                 return;
             }
         }
@@ -234,6 +293,7 @@ impl Relay {
         let (g2, tg, tp) = (gate.clone(), to_guest.clone(), to_passt.clone());
         let outbound = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(MAX_FRAME);
+            let mut out = Gather::new(tp);
             loop {
                 match read_frame(&mut g_r, &mut buf).await {
                     Ok(true) => {}
@@ -252,8 +312,12 @@ impl Relay {
                     Outbound::ForwardFirst(n) => Some(n),
                     Outbound::Drop => None,
                     Outbound::Reply(frames) => {
+                        // Gathered frames never wait on the guest reading its replies.
+                        if !out.flush().await {
+                            break;
+                        }
                         for f in frames {
-                            let _ = tg.send(f).await;
+                            let _ = tg.send(framed(&f)).await;
                         }
                         None
                     }
@@ -265,35 +329,36 @@ impl Relay {
                                 None => None,
                             };
                             let reply = g3.lock().expect("gate lock").dns_answer(&job, answers);
-                            let _ = tg3.send(reply).await;
+                            let _ = tg3.send(framed(&reply)).await;
                         });
                         None
                     }
                 };
                 if let Some(n) = keep {
-                    let mut frame = std::mem::replace(&mut buf, Vec::with_capacity(2048));
-                    frame.truncate(n);
-                    if tp.send(frame).await.is_err() {
+                    if !out.push(&buf[..n]).await {
                         break;
                     }
                 }
+                if !out.flush_unless(whole_frame_at(g_r.buffer())).await {
+                    break;
+                }
             }
+            out.flush().await;
         });
         let (g2, tg) = (gate.clone(), to_guest);
         let inbound = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(MAX_FRAME);
+            let mut out = Gather::new(tg);
             while let Ok(true) = read_frame(&mut p_r, &mut buf).await {
                 let pass = g2.lock().expect("gate lock").inbound(&buf);
                 if trace {
                     eprintln!("gate in {:?} -> {pass}", super::packet::parse(&buf));
                 }
-                if pass {
-                    let frame = std::mem::replace(&mut buf, Vec::with_capacity(2048));
-                    if tg.send(frame).await.is_err() {
-                        break;
-                    }
+                if (pass && !out.push(&buf).await) || !out.flush_unless(whole_frame_at(p_r.buffer())).await {
+                    break;
                 }
             }
+            out.flush().await;
         });
         let (g2, l2) = (gate.clone(), log.clone());
         let sweeper = tokio::spawn(async move {
