@@ -372,7 +372,7 @@ fn round(kind: Kind, case: &Case, a: &Args) -> (f64, f64) {
     passt.write_all(&case.synacks).expect("syn-ack");
     read_frames(&mut guest, case.flows);
 
-    let acks = if a.ack_every == 0 { 0 } else { case.frames / a.ack_every };
+    let acks = case.frames.checked_div(a.ack_every).unwrap_or(0);
     let mut guest_r = guest.try_clone().expect("clone");
     guest_r.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let ack_reader = std::thread::spawn(move || {
@@ -400,7 +400,7 @@ fn round(kind: Kind, case: &Case, a: &Args) -> (f64, f64) {
                 r => panic!("passt side: {} of {frames} frames, then {r:?}", c.frames),
             }
             // As passt would: ACK the segments received so far.
-            let due = if ack_every == 0 { 0 } else { c.frames / ack_every };
+            let due = c.frames.checked_div(ack_every).unwrap_or(0);
             while acked < due {
                 let at = acked % ack_cycle_frames;
                 let n = (due - acked).min(ack_cycle_frames - at);
