@@ -35,10 +35,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     vm_compile_rounds: usize,
     /// C modules in the generated tree
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 40)]
     files: usize,
     /// Generated functions per module
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 8)]
     funcs: usize,
     /// make -j, and the VM's --cpus
     #[arg(long, default_value_t = 2)]
@@ -46,6 +46,9 @@ struct Args {
     /// Seed of the generated tree
     #[arg(long, default_value_t = 0x5eed_c0de)]
     seed: u64,
+    /// Only write the generated tree into this (new) directory and exit
+    #[arg(long)]
+    emit_tree: Option<PathBuf>,
 }
 
 /// The temp dir holding the generated tree; removed on drop.
@@ -98,20 +101,37 @@ fn first_byte(backend: &[&str]) -> (Duration, Duration) {
     (first, t.elapsed())
 }
 
-/// What one compile printed: the compiler, make's own duration, the
-/// program's checksum.
+/// One compile: the run's wall time, and what it printed: make's duration
+/// and CPU time, the compiler, the program's checksum.
 struct Compiled {
     wall: Duration,
     compile: Duration,
+    cpu: Duration,
     cc: String,
     checksum: String,
 }
 
+/// The step: make, timed by `date` around it and by `times` in a shell that
+/// ran only make (user+system CPU of the compilers, which load on this
+/// host's other tenants inflates far less than wall time).
 fn compile_script(jobs: usize) -> String {
     format!(
         "set -e\ncc --version | head -n1 | sed 's/^/bench-image-cc /'\ns=$(date +%s.%N)\n\
-         make -s -j{jobs} >/dev/null\ne=$(date +%s.%N)\necho \"bench-image-compile $s $e\"\n./prog\n"
+         sh -c 'make -s -j{jobs} >/dev/null || exit 1; times >.bench-cpu'\ne=$(date +%s.%N)\n\
+         echo \"bench-image-compile $s $e\"\necho \"bench-image-cpu $(tail -n1 .bench-cpu)\"\n./prog\n"
     )
+}
+
+/// Seconds in a `times` line: `0m6.410000s 0m0.520000s` (user, system).
+fn times_secs(line: &str) -> Option<f64> {
+    let each: Option<Vec<f64>> = line
+        .split_whitespace()
+        .map(|t| {
+            let (m, s) = t.strip_suffix('s')?.split_once('m')?;
+            Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+        })
+        .collect();
+    each.filter(|v| !v.is_empty()).map(|v| v.iter().sum())
 }
 
 fn run_compile(cmd: &mut Command) -> Compiled {
@@ -124,9 +144,11 @@ fn run_compile(cmd: &mut Command) -> Compiled {
     let stamps = field("bench-image-compile ").expect("compile timestamps");
     let (s, e) = stamps.split_once(' ').expect("two timestamps");
     let (s, e): (f64, f64) = (s.parse().expect("start stamp"), e.parse().expect("end stamp"));
+    let cpu = field("bench-image-cpu ").as_deref().and_then(times_secs).expect("make's CPU time");
     Compiled {
         wall,
         compile: Duration::from_secs_f64((e - s).max(0.0)),
+        cpu: Duration::from_secs_f64(cpu),
         cc: field("bench-image-cc ").unwrap_or_default(),
         checksum: field("checksum ").expect("program checksum"),
     }
@@ -142,24 +164,32 @@ fn host_copy(tree: &Path, dst: &Path) {
     }
 }
 
-/// Medians of a backend's compiles, as JSON, plus (wall, compile) medians.
-fn summarize(runs: &[Compiled]) -> (serde_json::Value, Duration, Duration) {
+/// Medians of a backend's compiles, as JSON, plus (wall, compile, cpu).
+fn summarize(runs: &[Compiled]) -> (serde_json::Value, [Duration; 3]) {
     let wall = median(runs.iter().map(|c| c.wall).collect());
     let compile = median(runs.iter().map(|c| c.compile).collect());
+    let cpu = median(runs.iter().map(|c| c.cpu).collect());
     let v = serde_json::json!({
         "n": runs.len(),
         "compile_s": secs(compile),
+        "compile_cpu_s": secs(cpu),
         "wall_s": secs(wall),
         "outside_compile_s": secs(wall.saturating_sub(compile)),
         "compile_s_samples": runs.iter().map(|c| secs(c.compile)).collect::<Vec<_>>(),
         "wall_s_samples": runs.iter().map(|c| secs(c.wall)).collect::<Vec<_>>(),
+        "compile_cpu_s_samples": runs.iter().map(|c| secs(c.cpu)).collect::<Vec<_>>(),
         "cc": runs.first().map(|c| c.cc.clone()),
     });
-    (v, wall, compile)
+    (v, [wall, compile, cpu])
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    if let Some(dir) = &a.emit_tree {
+        std::fs::create_dir(dir).expect("--emit-tree: a new directory");
+        ctree::write(dir, a.seed, a.files, a.funcs).expect("generate C tree");
+        return ExitCode::SUCCESS;
+    }
     let ns: &[&str] = &["--isolation", "namespace"];
     let vm: &[&str] = &["--isolation", "vm", "--accel", &a.accel];
 
@@ -215,30 +245,32 @@ fn main() -> ExitCode {
     let cpus = a.jobs.to_string();
     let (mut host, mut nsb, mut vmb) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..a.compile_rounds {
-        let dir = scratch.0.join("host");
-        host_copy(&tree, &dir);
-        let c = run_compile(Command::new("sh").args(["-c", &script]).current_dir(&dir));
-        eprintln!(
-            "bench-image: round {round} host: make {:.2} s, wall {:.2} s",
-            c.compile.as_secs_f64(),
-            c.wall.as_secs_f64()
-        );
-        host.push(c);
-        let c = run_compile(&mut in_sandbox(ns, &[]));
-        eprintln!(
-            "bench-image: round {round} namespace: make {:.2} s, wall {:.2} s",
-            c.compile.as_secs_f64(),
-            c.wall.as_secs_f64()
-        );
-        nsb.push(c);
+        // Alternate who goes first, so a drift in the host's load does not
+        // always favour the same side.
+        let mut order = vec!["host", "namespace"];
+        if round % 2 == 1 {
+            order.reverse();
+        }
         if round < a.vm_compile_rounds {
-            let c = run_compile(&mut in_sandbox(vm, &["--cpus", &cpus]));
+            order.push("vm");
+        }
+        for place in order {
+            let (c, into) = match place {
+                "host" => {
+                    let dir = scratch.0.join("host");
+                    host_copy(&tree, &dir);
+                    (run_compile(Command::new("sh").args(["-c", &script]).current_dir(&dir)), &mut host)
+                }
+                "namespace" => (run_compile(&mut in_sandbox(ns, &[])), &mut nsb),
+                _ => (run_compile(&mut in_sandbox(vm, &["--cpus", &cpus])), &mut vmb),
+            };
             eprintln!(
-                "bench-image: round {round} vm: make {:.2} s, wall {:.2} s",
+                "bench-image: round {round} {place}: make {:.2} s ({:.2} s CPU), wall {:.2} s",
                 c.compile.as_secs_f64(),
+                c.cpu.as_secs_f64(),
                 c.wall.as_secs_f64()
             );
-            vmb.push(c);
+            into.push(c);
         }
     }
     let checksum = host[0].checksum.clone();
@@ -246,8 +278,8 @@ fn main() -> ExitCode {
         assert_eq!(c.checksum, checksum, "the programs built in each place must compute the same checksum");
     }
     assert!(!tree.join("prog").exists(), "a sandbox wrote its build back into the workspace");
-    let (host_v, host_wall, host_compile) = summarize(&host);
-    let (ns_v, ns_wall, ns_compile) = summarize(&nsb);
+    let (host_v, [host_wall, host_compile, host_cpu]) = summarize(&host);
+    let (ns_v, [ns_wall, ns_compile, ns_cpu]) = summarize(&nsb);
     let mut compile = serde_json::json!({
         "tree": {"modules": a.files, "functions_per_module": a.funcs, "lines": lines, "seed": a.seed, "make_jobs": a.jobs},
         "checksum": checksum,
@@ -255,14 +287,16 @@ fn main() -> ExitCode {
         "namespace_debian": ns_v,
         "ratio_namespace_compile_vs_host": ratio(ns_compile, host_compile),
         "ratio_namespace_wall_vs_host": ratio(ns_wall, host_wall),
+        "ratio_namespace_cpu_vs_host": ratio(ns_cpu, host_cpu),
         "target_ratio_namespace_vs_host": 1.1,
     });
     if !vmb.is_empty() {
-        let (vm_v, vm_wall, vm_compile) = summarize(&vmb);
+        let (vm_v, [vm_wall, vm_compile, vm_cpu]) = summarize(&vmb);
         compile["vm_debian"] = vm_v;
         compile["vm_cpus"] = a.jobs.into();
         compile["ratio_vm_compile_vs_host"] = ratio(vm_compile, host_compile).into();
         compile["ratio_vm_wall_vs_host"] = ratio(vm_wall, host_wall).into();
+        compile["ratio_vm_guest_cpu_vs_host"] = ratio(vm_cpu, host_cpu).into();
     }
     let out = serde_json::json!({
         "bench": "image",
@@ -282,4 +316,23 @@ fn main() -> ExitCode {
     });
     println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_times_secs_table() {
+        for (line, want) in [
+            ("0m6.410000s 0m0.520000s", Some(6.93)),
+            ("1m2.5s 0m0.5s", Some(63.0)),
+            ("0m0.00s 0m0.00s", Some(0.0)),
+            ("6.4 0.5", None),
+            ("", None),
+        ] {
+            let got = times_secs(line);
+            assert_eq!(got.map(|g| (g * 1000.0).round()), want.map(|w: f64| (w * 1000.0).round()), "{line:?}");
+        }
+    }
 }
