@@ -17,15 +17,10 @@ impl Janitor {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.arg("__janitor").arg(dir).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-        // Own process group: a terminal's Ctrl-C must not kill it before cordon.
-        // SAFETY: setpgid is async-signal-safe.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::setpgid(0, 0);
-                Ok(())
-            });
-        }
+        // Own process group: a terminal's Ctrl-C must not kill it before
+        // cordon. Without a pre_exec hook std spawns by posix_spawn (vfork),
+        // not by copying cordon's address space first.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         Ok(Janitor { child: cmd.spawn()?, dir: dir.to_path_buf() })
     }
 

@@ -36,6 +36,25 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// How long kill_all and Drop wait for the cgroup to empty.
 const EMPTY_DEADLINE: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(10);
+/// The first rounds of a wait sleep this long: a sandbox whose init was
+/// just killed is usually gone within a millisecond or two.
+const FIRST_POLL: Duration = Duration::from_millis(1);
+const FIRST_ROUNDS: u32 = 10;
+
+/// The pause after round `i` of a wait bounded by EMPTY_DEADLINE, and how
+/// many rounds fit in it.
+fn pause(i: u32) -> Duration {
+    if i < FIRST_ROUNDS {
+        FIRST_POLL
+    } else {
+        POLL
+    }
+}
+
+fn rounds() -> u32 {
+    let first = FIRST_POLL * FIRST_ROUNDS;
+    FIRST_ROUNDS + ((EMPTY_DEADLINE - first).as_millis() / POLL.as_millis()) as u32
+}
 
 /// The calls cgroup management makes (youki's `syscall/` is the model).
 pub trait CgroupFs: Send {
@@ -573,8 +592,7 @@ impl<F: CgroupFs> SandboxCgroup<F> {
 
     /// Waits until no process is left, killing stragglers, up to EMPTY_DEADLINE.
     fn wait_empty(&self) {
-        let rounds = EMPTY_DEADLINE.as_millis() / POLL.as_millis();
-        for _ in 0..rounds {
+        for i in 0..rounds() {
             let left = self.members();
             if left.is_empty() {
                 return;
@@ -582,7 +600,7 @@ impl<F: CgroupFs> SandboxCgroup<F> {
             for pid in left {
                 let _ = self.fs.kill(pid);
             }
-            self.fs.sleep(POLL);
+            self.fs.sleep(pause(i));
         }
         tracing::warn!(dirs = ?self.dirs(), "the sandbox's cgroup did not empty");
     }
@@ -604,9 +622,8 @@ impl<F: CgroupFs> Drop for SandboxCgroup<F> {
         let dirs: Vec<PathBuf> = self.dirs().into_iter().map(Path::to_path_buf).collect();
         for d in dirs {
             // An exiting task can hold the directory a moment longer.
-            let rounds = EMPTY_DEADLINE.as_millis() / POLL.as_millis();
             let mut last = None;
-            for _ in 0..rounds {
+            for i in 0..rounds() {
                 match self.fs.rmdir(&d) {
                     Ok(()) => {
                         last = None;
@@ -618,7 +635,7 @@ impl<F: CgroupFs> Drop for SandboxCgroup<F> {
                     }
                     Err(e) => last = Some(e),
                 }
-                self.fs.sleep(POLL);
+                self.fs.sleep(pause(i));
             }
             if let Some(e) = last {
                 tracing::warn!(dir = %d.display(), error = %e, "removing the sandbox's cgroup failed");

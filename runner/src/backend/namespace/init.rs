@@ -117,21 +117,25 @@ fn fail(sync: &mut UnixStream, step: &str, e: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
-/// Reads one newline-terminated message.
-fn read_line(sync: &mut UnixStream) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
+/// Reads one newline-terminated message; what came after it waits in
+/// `pending` for the next call. Whole reads: byte-sized ones cost a system
+/// call per byte of the spec.
+fn read_line(sync: &mut UnixStream, pending: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
     loop {
-        if sync.read(&mut b)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        if let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = pending.drain(..=i).collect();
+            line.pop();
+            return Ok(line);
         }
-        if b[0] == b'\n' {
-            return Ok(out);
-        }
-        out.push(b[0]);
-        if out.len() > 1 << 20 {
+        if pending.len() > 1 << 20 {
             return Err(std::io::Error::other("message too long"));
         }
+        let mut chunk = [0u8; 4096];
+        let n = sync.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        pending.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -166,7 +170,8 @@ pub fn main() -> ! {
     let parent = unsafe { libc::getppid() };
     // SAFETY: cordon passes the sync socket as fd 4; nothing else owns it.
     let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
-    let spec: Spec = match read_line(&mut sync).map(|l| serde_json::from_slice(&l)) {
+    let mut pending = Vec::new();
+    let spec: Spec = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => fail(&mut sync, "reading the spec", e),
         Err(e) => fail(&mut sync, "reading the spec", e),
@@ -219,7 +224,7 @@ pub fn main() -> ! {
         fail(&mut sync, "a user namespace", e);
     }
     send(&mut sync, &Report::Userns { pid: std::process::id() });
-    let go: Go = match read_line(&mut sync).map(|l| serde_json::from_slice(&l)) {
+    let go: Go = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
         Ok(Ok(g)) => g,
         Ok(Err(e)) => fail(&mut sync, "waiting for the id maps", e),
         Err(e) => fail(&mut sync, "waiting for the id maps", e),

@@ -74,14 +74,13 @@ impl Drop for Guard {
             let _ = c.start_kill();
             crate::procs::wait_exit(&mut c, Duration::from_secs(2));
         }
-        if let Some(cg) = &self.cgroup {
-            cg.kill_all();
-        }
+        // Dropping the cgroup kills what is left in it, waits for it to
+        // empty and removes it.
+        drop(self.cgroup.take());
         if let Some(t) = self.tap_pump.take() {
             t.abort();
         }
         drop(self.link.take());
-        drop(self.cgroup.take());
         drop(self.dir.take());
         drop(self.janitor.take());
     }
