@@ -19,43 +19,14 @@ use crate::policy::rule::Proto;
 use crate::policy::{Decision, Dest, Env, Policy, Verdict};
 
 pub use super::audit::FlowRecord;
+use super::flowhash::FlowHashKey;
+pub use super::flowhash::FlowKey;
 
 /// Flows beyond this are refused until old ones expire.
 pub const MAX_FLOWS: usize = 16_384;
 /// Upstream DNS questions in flight at once; more are dropped (the guest's
 /// resolver asks again), so a flood of names cannot become a flood upstream.
 pub const MAX_DNS_IN_FLIGHT: usize = 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowKey {
-    pub proto: u8,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
-}
-
-/// The same SipHash as derived, fed the key in one write instead of one per
-/// field and address byte array: every frame is looked up, and the many
-/// small writes were most of the hashing cost (bench-gate).
-impl std::hash::Hash for FlowKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        let mut b = [0u8; 39];
-        b[0] = self.proto;
-        b[1..3].copy_from_slice(&self.sport.to_be_bytes());
-        b[3..5].copy_from_slice(&self.dport.to_be_bytes());
-        for (o, a) in [(5, self.src), (22, self.dst)] {
-            // A family byte keeps an IPv4 address apart from its mapped IPv6 form.
-            let (fam, octets) = match a {
-                IpAddr::V4(v) => (4, v.to_ipv6_mapped().octets()),
-                IpAddr::V6(v) => (6, v.octets()),
-            };
-            b[o] = fam;
-            b[o + 1..o + 17].copy_from_slice(&octets);
-        }
-        h.write(&b);
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Flow {
@@ -120,7 +91,7 @@ pub struct Counters {
 
 pub struct Gate {
     pub cfg: Config,
-    flows: HashMap<FlowKey, Flow>,
+    flows: HashMap<FlowKey, Flow, FlowHashKey>,
     /// Addresses learned from allowed DNS answers, for domain rules.
     names: Names,
     cache: Cache,
@@ -159,7 +130,7 @@ impl Gate {
     pub fn new(cfg: Config) -> Gate {
         Gate {
             cfg,
-            flows: HashMap::new(),
+            flows: HashMap::with_hasher(FlowHashKey::random()),
             names: Names::default(),
             cache: Cache::default(),
             dns_in_flight: 0,
@@ -226,6 +197,14 @@ impl Gate {
 
     /// Judges a frame from the guest.
     pub fn outbound(&mut self, frame: &[u8]) -> Outbound {
+        self.outbound_at(frame, Instant::now())
+    }
+
+    /// As `outbound`, with the time given: the relay reads the clock once
+    /// per batch of frames it judges, not once per frame. `now` may lag the
+    /// clock by the time a batch takes to judge (microseconds), which is
+    /// how much earlier than its idle limit a flow may then expire.
+    pub fn outbound_at(&mut self, frame: &[u8], now: Instant) -> Outbound {
         if frame.len() > self.cfg.mtu + ETH_HLEN || frame.get(6).is_none_or(|b| b & 1 != 0) {
             // Above the MTU set in the guest, or from a multicast source MAC.
             return self.drop_frame();
@@ -290,7 +269,7 @@ impl Gate {
         let key = FlowKey { proto, src: ip.src, sport, dst: ip.dst, dport };
         let len = (ip.end) as u64;
         if let Some(f) = self.flows.get_mut(&key) {
-            f.last = Instant::now();
+            f.last = now;
             if f.verdict == Verdict::Allow {
                 f.bytes_out += len;
                 if let L4::Tcp { flags, .. } = ip.l4 {
@@ -309,13 +288,13 @@ impl Gate {
             return self.refuse(frame, &ip);
         }
         if self.flows.len() >= MAX_FLOWS {
-            self.expire(Instant::now());
+            self.expire(now);
             if self.flows.len() >= MAX_FLOWS {
                 self.counters.flows_denied += 1;
                 return self.refuse(frame, &ip);
             }
         }
-        let names = self.names.get(ip.dst, Instant::now());
+        let names = self.names.get(ip.dst, now);
         let p = match proto {
             packet::PROTO_TCP => Proto::Tcp,
             packet::PROTO_UDP => Proto::Udp,
@@ -328,7 +307,7 @@ impl Gate {
             by,
             name: names.first().cloned(),
             started: SystemTime::now(),
-            last: Instant::now(),
+            last: now,
             bytes_out: if verdict == Verdict::Allow { len } else { 0 },
             bytes_in: 0,
             fin_out: false,
@@ -434,6 +413,11 @@ impl Gate {
 
     /// Judges a frame from passt (the world) on its way to the guest.
     pub fn inbound(&mut self, frame: &[u8]) -> bool {
+        self.inbound_at(frame, Instant::now())
+    }
+
+    /// As `inbound`, with the time given (see `outbound_at`).
+    pub fn inbound_at(&mut self, frame: &[u8], now: Instant) -> bool {
         let Some(pkt) = packet::parse(frame) else { return false };
         let ip = match pkt {
             Packet::Arp { .. } => return true,
@@ -462,7 +446,7 @@ impl Gate {
         if f.verdict != Verdict::Allow {
             return false;
         }
-        f.last = Instant::now();
+        f.last = now;
         f.bytes_in += frame.len() as u64;
         f.fin_in |= flags & TCP_FIN != 0;
         if flags & TCP_RST != 0 || (f.fin_in && f.fin_out) {
@@ -560,6 +544,33 @@ mod tests {
         assert_eq!(g.open_flows(), 0);
         assert!(g.closed.iter().any(|r| r.port == 443 && r.verdict == Verdict::Allow && r.bytes_in > 0));
         assert!(g.closed.iter().any(|r| r.port == 80 && r.verdict == Verdict::Deny));
+    }
+
+    /// Idle time counts from the last frame either way, by the clock the
+    /// relay hands in with each batch.
+    #[test]
+    fn test_flow_expires_when_idle_by_the_given_clock() {
+        let mut g = gate(&[], true);
+        let t0 = Instant::now();
+        let out = udp("203.0.113.5", 9999, b"x");
+        assert_eq!(g.outbound_at(&out, t0), Outbound::Forward);
+        let back = UdpPeer {
+            mac: [2; 6],
+            our_mac: [4; 6],
+            addr: "10.0.2.15".parse().unwrap(),
+            port: 40000,
+            our_addr: "203.0.113.5".parse().unwrap(),
+            our_port: 9999,
+        }
+        .reply(b"y");
+        let t1 = t0 + Duration::from_secs(50);
+        assert!(g.inbound_at(&back, t1));
+        g.expire(t1 + idle_limit(packet::PROTO_UDP));
+        assert_eq!(g.open_flows(), 1, "idle exactly the limit: kept");
+        g.expire(t1 + idle_limit(packet::PROTO_UDP) + Duration::from_millis(1));
+        assert_eq!(g.open_flows(), 0, "idle past the limit: gone");
+        assert!(!g.inbound_at(&back, t1 + Duration::from_secs(61)), "no flow, no entry");
+        assert_eq!(g.closed.len(), 1);
     }
 
     #[test]

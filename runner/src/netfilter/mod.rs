@@ -5,6 +5,8 @@
 
 pub mod audit;
 pub mod dns;
+pub mod flowhash;
+pub mod frames;
 pub mod gate;
 pub mod gated;
 pub mod link;

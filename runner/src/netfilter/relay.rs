@@ -1,7 +1,10 @@
 //! Moves frames between the sandbox's end (QEMU's `-netdev stream`, or a tap
 //! device relayed the same way) and passt, through the Gate. Both sides
-//! speak 4-byte big-endian length + Ethernet frame. Writes the audit log,
-//! and keeps the gate's view of the host's own addresses current.
+//! speak 4-byte big-endian length + Ethernet frame. Each direction reads
+//! many frames at once, judges every whole frame buffered under one lock of
+//! the gate, in order, then writes the forwarded ones (frames.rs). Writes
+//! the audit log, and keeps the gate's view of the host's own addresses
+//! current.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -9,11 +12,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::dns;
+use super::frames::{FrameReader, Next, Pending, Sink};
 use super::gate::{Gate, Outbound};
 
 /// Larger than any frame passt or QEMU sends (MTU 65520 + Ethernet header):
@@ -35,23 +39,13 @@ pub const WRITE_BATCH: usize = 16 * 1024;
 /// of changes.
 pub const HOST_ADDR_POLL: Duration = Duration::from_secs(2);
 
-type Reader = tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>;
+/// Bytes read from either side at once: many frames per read syscall.
+const READ_BUFFER: usize = 256 * 1024;
 
-async fn read_frame(r: &mut Reader, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let n = u32::from_be_bytes(len) as usize;
-    if !(14..=MAX_FRAME).contains(&n) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {n} bytes")));
-    }
-    buf.resize(n, 0);
-    r.read_exact(buf).await?;
-    Ok(true)
-}
+/// The most frames judged under one lock of the gate (and one reading of
+/// the clock): the lock is taken once per batch rather than once per frame,
+/// and held for microseconds at most.
+const JUDGE_BATCH: usize = 128;
 
 /// Appends `f` as one length-prefixed frame.
 fn put_frame(batch: &mut Vec<u8>, f: &[u8]) {
@@ -66,47 +60,42 @@ fn framed(f: &[u8]) -> Vec<u8> {
     v
 }
 
-/// True when `b` begins with a whole length-prefixed frame.
-fn whole_frame_at(b: &[u8]) -> bool {
-    b.len() >= 4 && b.len() - 4 >= u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+/// Judges the whole frames buffered in `rd` (at most JUDGE_BATCH) with
+/// `judge`, under one lock of the gate, each frame once and in order; their
+/// offsets, lengths and verdicts go to `judged`. Returns where judging
+/// stopped, and the length read there if it is one no peer sends.
+fn judge_buffered<R, A>(
+    rd: &FrameReader<R>,
+    gate: &Mutex<Gate>,
+    judged: &mut Vec<(usize, usize, A)>,
+    mut judge: impl FnMut(&mut Gate, &[u8], Instant) -> A,
+) -> (usize, Option<usize>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut at = rd.start();
+    if !matches!(rd.next(at), Next::Frame(_) | Next::Bad(_)) {
+        return (at, None);
+    }
+    let mut g = gate.lock().expect("gate lock");
+    // Read once the lock is held, so no stamp goes back in time.
+    let now = Instant::now();
+    while judged.len() < JUDGE_BATCH {
+        match rd.next(at) {
+            Next::Frame(n) => {
+                judged.push((at, n, judge(&mut g, &rd.buf()[at + 4..at + 4 + n], now)));
+                at += 4 + n;
+            }
+            Next::Partial => break,
+            Next::Bad(n) => return (at, Some(n)),
+        }
+    }
+    (at, None)
 }
 
-/// Forwarded frames, gathered while more are already buffered to be read,
-/// and queued for the writer as one item: at most WRITE_BATCH bytes of whole
-/// frames, or one frame. The writer is given them before the reader could
-/// wait for input, so gathering delays no frame; it saves an allocation and
-/// a queue round trip per frame.
-struct Gather {
-    out: Vec<u8>,
-    tx: mpsc::Sender<Vec<u8>>,
-}
-
-impl Gather {
-    fn new(tx: mpsc::Sender<Vec<u8>>) -> Gather {
-        Gather { out: Vec::new(), tx }
-    }
-
-    /// Adds `f`; false when the writer is gone.
-    async fn push(&mut self, f: &[u8]) -> bool {
-        if !self.out.is_empty() && self.out.len() + 4 + f.len() > WRITE_BATCH && !self.flush().await {
-            return false;
-        }
-        if self.out.capacity() == 0 {
-            self.out.reserve(WRITE_BATCH.max(4 + f.len()));
-        }
-        put_frame(&mut self.out, f);
-        true
-    }
-
-    /// Queues what was gathered unless `more` (a whole frame is buffered
-    /// to be read next); false when the writer is gone.
-    async fn flush_unless(&mut self, more: bool) -> bool {
-        more || self.flush().await
-    }
-
-    async fn flush(&mut self) -> bool {
-        self.out.is_empty() || self.tx.send(std::mem::take(&mut self.out)).await.is_ok()
-    }
+/// A stream error for a length no peer sends.
+fn bad_length(n: usize) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {n} bytes"))
 }
 
 /// Writes queued items, each one or more whole length-prefixed frames:
@@ -283,19 +272,76 @@ impl Relay {
         let gate = Arc::new(Mutex::new(gate));
         let (g_r, g_w) = guest.into_split();
         let (p_r, p_w) = passt.into_split();
-        let mut g_r = tokio::io::BufReader::with_capacity(256 * 1024, g_r);
-        let mut p_r = tokio::io::BufReader::with_capacity(256 * 1024, p_r);
+        // The guest's end has more than one writer (forwarded frames,
+        // refusals, DNS answers): a writer task serves them all. passt's
+        // end has one, the outbound task, which writes to it itself.
         let (to_guest, wg) = writer(g_w);
-        let (to_passt, wp) = writer(p_w);
         // Debugging aid: one stderr line per frame.
         let trace = std::env::var_os("CORDON_GATE_TRACE").is_some();
 
-        let (g2, tg, tp) = (gate.clone(), to_guest.clone(), to_passt.clone());
+        let (g2, tg) = (gate.clone(), to_guest.clone());
         let outbound = tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(MAX_FRAME);
-            let mut out = Gather::new(tp);
+            let mut rd = FrameReader::new(g_r, READ_BUFFER);
+            let mut sink = Sink::Socket(p_w);
+            let mut out = Pending::default();
+            let mut judged = Vec::with_capacity(JUDGE_BATCH);
             loop {
-                match read_frame(&mut g_r, &mut buf).await {
+                let (at, bad) = judge_buffered(&rd, &g2, &mut judged, |g, f, now| {
+                    let action = g.outbound_at(f, now);
+                    if trace {
+                        eprintln!("gate out {:?} -> {:?}", super::packet::parse(f), action);
+                    }
+                    action
+                });
+                let buf = rd.buf();
+                let mut open = true;
+                for (at, n, action) in judged.drain(..) {
+                    open = match action {
+                        Outbound::Forward => out.frame(buf, at, n, &mut sink).await,
+                        Outbound::ForwardFirst(k) => out.copy(buf, &buf[at + 4..at + 4 + k], &mut sink).await,
+                        Outbound::Drop => true,
+                        Outbound::Reply(frames) => {
+                            // Gathered frames never wait on the guest reading its replies.
+                            let open = out.flush(buf, &mut sink).await;
+                            for f in frames {
+                                let _ = tg.send(framed(&f)).await;
+                            }
+                            open
+                        }
+                        Outbound::Resolve(job) => {
+                            let (g3, tg3) = (g2.clone(), tg.clone());
+                            tokio::spawn(async move {
+                                let answers = match upstream {
+                                    Some(server) => dns::resolve(server, &job.query.name, job.query.qtype).await,
+                                    None => None,
+                                };
+                                let reply = g3.lock().expect("gate lock").dns_answer(&job, answers);
+                                let _ = tg3.send(framed(&reply)).await;
+                            });
+                            true
+                        }
+                    };
+                    if !open {
+                        break;
+                    }
+                }
+                if !open {
+                    break;
+                }
+                // More frames already buffered: judge them before writing.
+                if bad.is_none() && matches!(rd.next(at), Next::Frame(_)) {
+                    rd.consume(at);
+                    continue;
+                }
+                if !out.flush(buf, &mut sink).await {
+                    break;
+                }
+                rd.consume(at);
+                let read = match bad {
+                    Some(n) => Err(bad_length(n)),
+                    None => rd.fill().await,
+                };
+                match read {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
@@ -303,62 +349,45 @@ impl Relay {
                         break;
                     }
                 }
-                let action = g2.lock().expect("gate lock").outbound(&buf);
-                if trace {
-                    eprintln!("gate out {:?} -> {:?}", super::packet::parse(&buf), action);
-                }
-                let keep = match action {
-                    Outbound::Forward => Some(buf.len()),
-                    Outbound::ForwardFirst(n) => Some(n),
-                    Outbound::Drop => None,
-                    Outbound::Reply(frames) => {
-                        // Gathered frames never wait on the guest reading its replies.
-                        if !out.flush().await {
-                            break;
-                        }
-                        for f in frames {
-                            let _ = tg.send(framed(&f)).await;
-                        }
-                        None
-                    }
-                    Outbound::Resolve(job) => {
-                        let (g3, tg3) = (g2.clone(), tg.clone());
-                        tokio::spawn(async move {
-                            let answers = match upstream {
-                                Some(server) => dns::resolve(server, &job.query.name, job.query.qtype).await,
-                                None => None,
-                            };
-                            let reply = g3.lock().expect("gate lock").dns_answer(&job, answers);
-                            let _ = tg3.send(framed(&reply)).await;
-                        });
-                        None
-                    }
-                };
-                if let Some(n) = keep {
-                    if !out.push(&buf[..n]).await {
-                        break;
-                    }
-                }
-                if !out.flush_unless(whole_frame_at(g_r.buffer())).await {
-                    break;
-                }
             }
-            out.flush().await;
         });
         let (g2, tg) = (gate.clone(), to_guest);
         let inbound = tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(MAX_FRAME);
-            let mut out = Gather::new(tg);
-            while let Ok(true) = read_frame(&mut p_r, &mut buf).await {
-                let pass = g2.lock().expect("gate lock").inbound(&buf);
-                if trace {
-                    eprintln!("gate in {:?} -> {pass}", super::packet::parse(&buf));
+            let mut rd = FrameReader::new(p_r, READ_BUFFER);
+            let mut sink = Sink::Queue(tg);
+            let mut out = Pending::default();
+            let mut judged = Vec::with_capacity(JUDGE_BATCH);
+            loop {
+                let (at, bad) = judge_buffered(&rd, &g2, &mut judged, |g, f, now| {
+                    let pass = g.inbound_at(f, now);
+                    if trace {
+                        eprintln!("gate in {:?} -> {pass}", super::packet::parse(f));
+                    }
+                    pass
+                });
+                let buf = rd.buf();
+                let mut open = true;
+                for (at, n, pass) in judged.drain(..) {
+                    if pass && !out.frame(buf, at, n, &mut sink).await {
+                        open = false;
+                        break;
+                    }
                 }
-                if (pass && !out.push(&buf).await) || !out.flush_unless(whole_frame_at(p_r.buffer())).await {
+                if !open {
+                    break;
+                }
+                if bad.is_none() && matches!(rd.next(at), Next::Frame(_)) {
+                    rd.consume(at);
+                    continue;
+                }
+                if !out.flush(buf, &mut sink).await || bad.is_some() {
+                    break;
+                }
+                rd.consume(at);
+                if !matches!(rd.fill().await, Ok(true)) {
                     break;
                 }
             }
-            out.flush().await;
         });
         let (g2, l2) = (gate.clone(), log.clone());
         let sweeper = tokio::spawn(async move {
@@ -369,8 +398,7 @@ impl Relay {
             }
         });
         let watcher = tokio::spawn(watch_host_addrs(gate.clone(), host_addrs));
-        drop(to_passt);
-        Ok(Relay { gate, log, tasks: vec![outbound, inbound, sweeper, watcher, wg, wp], started: Instant::now() })
+        Ok(Relay { gate, log, tasks: vec![outbound, inbound, sweeper, watcher, wg], started: Instant::now() })
     }
 
     /// The gate's counters so far.
