@@ -14,8 +14,10 @@ pub struct Janitor {
 
 impl Janitor {
     pub fn start(dir: &Path) -> std::io::Result<Janitor> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
+        // This very binary, even when a rebuild or an upgrade replaced the
+        // file since cordon started (its path then names the new one, or
+        // nothing).
+        let mut cmd = Command::new(crate::procs::SELF_EXE);
         cmd.arg("__janitor").arg(dir).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
         // Own process group: a terminal's Ctrl-C must not kill it before
         // cordon. Without a pre_exec hook std spawns by posix_spawn (vfork),

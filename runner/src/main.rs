@@ -116,7 +116,7 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
                     }
                 };
                 let progress = Progress::auto(quiet, &log);
-                userland::resolve(&spec, true, &progress).map(|u| {
+                userland::resolve(&spec, None, &progress).map(|u| {
                     if let Some(u) = u {
                         println!("{} {} {}", u.meta.id, u.meta.name, u.dir.display());
                     }
@@ -259,8 +259,17 @@ fn import_image(
     userland::check_image_name(&name).map_err(ImageError::BadSpec)?;
     let tmp = userland::staging()?;
     progress.stage(&format!("importing {} as {name}", path.display()));
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let info = cordon::image::import::unpack(path, &tmp.path().join("tree"), &cancel, &|m| progress.detail(m))
+    // Ctrl-C and SIGTERM stop the unpacking between entries; the staging
+    // dir is then removed as the error unwinds.
+    static CANCEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        CANCEL.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let info = cordon::image::import::unpack(path, &tmp.path().join("tree"), &CANCEL, &|m| progress.detail(m))
         .map_err(|e| ImageError::BadSpec(format!("importing {}: {e}", path.display())))?;
     let source = userland::Source::Import {
         path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string(),

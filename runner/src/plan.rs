@@ -96,8 +96,10 @@ pub struct Plan {
     pub image: crate::image::userland::ImageSpec,
     /// The VM's kernel (`--kernel`, `kernel =`).
     pub kernel: crate::image::KernelChoice,
-    /// `--no-build`: a missing image is an error naming its build command.
-    pub no_build: bool,
+    /// Why a missing image may not be built now (`--no-build`, or an
+    /// untrusted job file asking for packages): then it is an error naming
+    /// the command that builds it.
+    pub no_build: Option<String>,
     /// Bytes of the scratch disk under a userland image's overlay (sparse).
     pub disk_bytes: u64,
     pub rootfs: RootfsChoice,
@@ -313,7 +315,7 @@ pub const DEFAULT_ARTIFACTS_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The scratch disk's default size (sparse: only what is written costs).
 pub const DEFAULT_DISK: u64 = 8 << 30;
 /// The most scratch disk an untrusted job file may ask for.
-const DEFAULT_DISK_LIMIT: u64 = 64 << 30;
+const DEFAULT_DISK_LIMIT: u64 = 16 << 30;
 
 use crate::image::userland::ImageSpec;
 
@@ -507,6 +509,21 @@ impl Plan {
         if image != ImageSpec::Default && a.rootfs == RootfsChoice::Host {
             return Err(PlanError::BadImage("--rootfs host uses the host's userland, not an image's".into()));
         }
+        // A job file from an untrusted checkout may use images that are
+        // built, and the base Debian image, but may not make the host build
+        // others (root runs the packages' scripts, with the host's network).
+        let job_derived = a.image.is_none()
+            && a.packages.is_empty()
+            && matches!(&file.image, Some(crate::job::ImageField::Table(_)))
+            && matches!(&image, ImageSpec::Debian { suite, packages }
+                if !packages.is_empty() || suite != crate::image::userland::DEFAULT_SUITE);
+        let no_build = if a.no_build {
+            Some("--no-build was given".to_string())
+        } else if job_derived && untrusted.is_some() {
+            Some("a job file may only build the base image without --trust-job".to_string())
+        } else {
+            None
+        };
         let disk_bytes = match a.disk.as_deref().or(file.disk.as_deref()) {
             Some(s) => match parse_size(s) {
                 Ok(n) if n >= 64 << 20 => n,
@@ -516,7 +533,7 @@ impl Plan {
             None => DEFAULT_DISK,
         };
         if let (None, Some(s)) = (&a.disk, &file.disk) {
-            let limit = (DEFAULT_DISK_LIMIT, "64G".to_string());
+            let limit = (DEFAULT_DISK_LIMIT, "16G".to_string());
             bounded(&untrusted, "disk", "--disk", (disk_bytes, s), limit)?;
         }
         if let (Some(h), None, Some(n)) = (&host, a.cpus, file.cpus) {
@@ -651,7 +668,7 @@ impl Plan {
             rules,
             net_log: a.net_log.clone(),
             image,
-            no_build: a.no_build,
+            no_build,
             kernel: a.kernel.or(file.kernel).unwrap_or(crate::image::KernelChoice::Auto),
             disk_bytes,
             rootfs: a.rootfs,
@@ -929,11 +946,18 @@ mod tests {
         ] {
             assert!(job_plan(dir.path(), bad, &[]).is_err(), "{bad}");
         }
-        let p = job_plan(dir.path(), "disk = '20G'", &[]).unwrap();
-        assert_eq!(p.disk_bytes, 20 << 30);
+        let p = job_plan(dir.path(), "disk = '12G'", &[]).unwrap();
+        assert_eq!(p.disk_bytes, 12 << 30);
         assert_eq!(job_plan(dir.path(), "", &[]).unwrap().disk_bytes, DEFAULT_DISK);
-        assert!(!job_plan(dir.path(), "", &[]).unwrap().no_build);
-        assert!(job_plan(dir.path(), "", &["--no-build"]).unwrap().no_build);
+        assert!(job_plan(dir.path(), "", &[]).unwrap().no_build.is_none());
+        assert!(job_plan(dir.path(), "", &["--no-build"]).unwrap().no_build.is_some());
+        // An untrusted job file may not make the host build a derived image;
+        // trusted, or with the packages on the command line, it may.
+        assert!(job_plan(dir.path(), t, &[]).unwrap().no_build.unwrap().contains("--trust-job"));
+        assert!(job_plan(dir.path(), t, &["--trust-job"]).unwrap().no_build.is_none());
+        assert!(job_plan(dir.path(), "image = 'debian'", &[]).unwrap().no_build.is_none());
+        let suite = "image = { base = 'debian', suite = 'trixie' }";
+        assert!(job_plan(dir.path(), suite, &[]).unwrap().no_build.is_some());
     }
 
     #[test]
@@ -945,7 +969,7 @@ mod tests {
             ("pids = 4097", "pids = 4096", "pids", "--pids"),
             ("max_artifacts_size = '5G'", "max_artifacts_size = '4G'", "max_artifacts_size", "--max-artifacts-size"),
             ("artifacts_timeout = '11m'", "artifacts_timeout = '10m'", "artifacts_timeout", "--artifacts-timeout"),
-            ("disk = '65G'", "disk = '64G'", "disk", "--disk"),
+            ("disk = '17G'", "disk = '16G'", "disk", "--disk"),
         ];
         for (over, at, key, flag) in cases {
             match job_plan(dir.path(), over, &[]) {

@@ -6,6 +6,10 @@
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 
+/// The running binary itself (exec works even when its file was replaced
+/// or removed since it started, as an upgrade or a rebuild does).
+pub const SELF_EXE: &str = "/proc/self/exe";
+
 /// Prepares `cmd` to die with this process. Call on the thread that will
 /// live as long as the child should (cordon's runtime is single-threaded).
 pub fn die_with_parent(cmd: &mut std::process::Command) {

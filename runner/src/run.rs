@@ -21,6 +21,7 @@ use crate::agent::{AgentError, ExecEvent, ExecHandle, StartError};
 use crate::backend::{self, BackendError, Sandbox};
 use crate::cli::Isolation;
 use crate::exit;
+use crate::image::ImageError;
 use crate::plan::{Plan, Step, GUEST_WORKSPACE};
 use crate::term::say;
 pub use copy_out::artifact_host_path;
@@ -53,6 +54,9 @@ fn console_note(tail: &str) -> String {
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
+            RunError::Backend(BackendError::Image(
+                ImageError::NotFound(_) | ImageError::NotBuilt { .. } | ImageError::BadSpec(_) | ImageError::InUse(_),
+            )) => exit::BAD_CONFIG,
             RunError::Backend(BackendError::Unavailable(..) | BackendError::NoAgent(_) | BackendError::Image(_)) => {
                 exit::BACKEND_UNAVAILABLE
             }
@@ -137,6 +141,25 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let json = plan.json;
+    // A userland image that must be built (or waited for) is made first,
+    // on a thread of its own, so Ctrl-C and SIGTERM end the wait: the
+    // build (mmdebstrap) dies with cordon and leaves nothing mounted.
+    if plan.image != crate::image::userland::ImageSpec::Default {
+        let (spec, no_build) = (plan.image.clone(), plan.no_build.clone());
+        let prepare = tokio::task::spawn_blocking(move || {
+            let log = |m: &str| say(m);
+            let progress = crate::image::progress::Progress::auto(json, &log);
+            crate::image::userland::resolve(&spec, no_build.as_deref(), &progress).map(drop)
+        });
+        tokio::select! {
+            r = prepare => match r {
+                Ok(r) => r.map_err(|e| RunError::Backend(BackendError::Image(e)))?,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            },
+            _ = int.recv() => return Ok(exit::for_signal(libc::SIGINT)),
+            _ = term.recv() => return Ok(exit::for_signal(libc::SIGTERM)),
+        }
+    }
     let sandbox = tokio::select! {
         s = start(&plan) => s?,
         _ = int.recv() => return Ok(exit::for_signal(libc::SIGINT)),

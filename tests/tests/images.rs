@@ -435,3 +435,45 @@ fn test_concurrent_builds_of_one_image_both_succeed_leaving_one_entry() {
         .collect();
     assert_eq!(entries.len(), 1, "one image and nothing half-built: {entries:?}");
 }
+
+/// A run holds its image: `image rm` refuses while the step runs and
+/// succeeds once it ended.
+#[test]
+fn test_an_image_in_use_is_not_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("rootfs.tar");
+    std::fs::write(&tarball, busybox_layer(&[("etc/marker", "in use\n")])).unwrap();
+    let name = unique("t-busy");
+    let imported = import(&tarball, &name);
+    let mut run = Backend::Namespace.run(&["--image", &name, "--", "sh", "-c", "cat /etc/marker; sleep 4"]);
+    let child = run.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, _, stderr) = text(&cordon().args(["image", "rm", &name]).output().unwrap());
+    assert_ne!(code, 0, "removed an image a run was using");
+    assert!(stderr.contains("in use"), "{stderr}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out).1, "in use\n", "the run kept its image");
+    let (code, stdout, stderr) = text(&cordon().args(["image", "rm", &name]).output().unwrap());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    std::mem::forget(imported);
+}
+
+/// A job file from an untrusted checkout may not make the host build a
+/// derived image (root runs package scripts with the host's network);
+/// `--trust-job` lifts that.
+#[test]
+fn test_an_untrusted_job_file_cannot_build_a_derived_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("cordon.toml");
+    std::fs::write(&job, "image = { base = 'debian', packages = ['cowsay'] }\n[[steps]]\nrun = 'true'\n").unwrap();
+    let ns = Backend::Namespace;
+    let (code, _, stderr) = text(&ns.output(&["-f", job.to_str().unwrap()]));
+    assert_eq!(code, 120, "{stderr}");
+    assert!(stderr.contains("--trust-job") && stderr.contains("--packages cowsay"), "{stderr}");
+    assert!(!stderr.contains("building image"), "{stderr}");
+    // Trusted, the only thing between it and a build is --no-build here
+    // (the test does not spend a build on it).
+    let (code, _, stderr) = text(&ns.output(&["-f", job.to_str().unwrap(), "--trust-job", "--no-build"]));
+    assert_eq!(code, 120, "{stderr}");
+    assert!(stderr.contains("--no-build was given"), "{stderr}");
+}

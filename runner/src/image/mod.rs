@@ -66,13 +66,21 @@ pub enum ImageError {
     Modules(#[from] modinfo::ModError),
     #[error("no image named or with id {0:?}; `cordon image ls` lists them")]
     NotFound(String),
-    #[error("image {name} is not built and --no-build was given: build it with `{command}`")]
-    NotBuilt { name: String, command: String },
+    #[error("image {name} is not built and {why}: build it with `{command}`")]
+    NotBuilt { name: String, why: String, command: String },
     #[error("{0}")]
     BadSpec(String),
+    #[error("image {0} is in use by a run; try again when it ends")]
+    InUse(String),
+    #[error(
+        "refusing the image cache at {0}: another user owns it or may write to it (set XDG_CACHE_HOME \
+         to a directory of your own)"
+    )]
+    UnsafeCache(PathBuf),
     #[error(
         "building a Debian image needs root (mmdebstrap runs the packages' scripts as root in a chroot): \
-         run `sudo cordon image build debian`, or import a rootfs with `cordon image import`"
+         run `cordon image build debian` as root (each user has their own image cache), or import \
+         a rootfs with `cordon image import`"
     )]
     NeedsRoot,
     #[error(

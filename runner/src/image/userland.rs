@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use super::progress::Progress;
 use super::{cache, io, ImageError};
 
-const FORMAT: &str = "cordon-userland-v1";
+const FORMAT: &str = "cordon-userland-v2";
 pub const DEFAULT_SUITE: &str = "bookworm";
 /// Debian's archive (the host's apt sources name the same).
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
@@ -49,6 +49,11 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
     "curl",
     "pkg-config",
 ];
+/// The most packages one image may add (a typo'd list should not become
+/// a thousand-package build).
+pub const MAX_PACKAGES: usize = 200;
+/// Staging dirs of imports older than this are from imports that died.
+const STALE_IMPORT_SECS: u64 = 24 * 3600;
 /// A fixed filesystem UUID: the same tree gives the same erofs bytes.
 const EROFS_UUID: &str = "c0d0c0d0-0000-4000-8000-00000000c0d0";
 
@@ -229,7 +234,45 @@ impl Userland {
     fn touch_used(&self) {
         let _ = std::fs::write(self.dir.join("used"), b"");
     }
+
+    /// Marks the image in use until the returned guard drops (a shared
+    /// flock): `image rm`, `prune` and a re-import of its name leave an
+    /// image in use alone.
+    pub fn hold(&self) -> Result<InUse, ImageError> {
+        let p = self.dir.join("lock");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io(&p))?;
+        // SAFETY: flock on an fd this function owns.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_SH) } != 0 {
+            return Err(io(&p)(std::io::Error::last_os_error()));
+        }
+        // Removed between resolving and holding: say so rather than run on
+        // a tree that is going away.
+        if load(&self.dir).is_err() {
+            return Err(ImageError::NotFound(self.meta.name.clone()));
+        }
+        Ok(InUse(f))
+    }
+
+    /// Whether a run holds it (an exclusive try-lock fails).
+    fn in_use(&self) -> bool {
+        let Ok(f) = std::fs::OpenOptions::new().write(true).open(self.dir.join("lock")) else { return false };
+        // SAFETY: flock on an fd this function owns; released when `f` drops.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+    }
+
+    /// Takes it out of the cache: renamed out of sight first (a removal cut
+    /// short never leaves a listed, half-deleted image), then deleted.
+    fn discard(&self) -> Result<(), ImageError> {
+        let trash = self.dir.with_file_name(format!(".trash-{}", self.meta.id));
+        let _ = std::fs::remove_dir_all(&trash);
+        std::fs::rename(&self.dir, &trash).map_err(io(&self.dir))?;
+        std::fs::remove_dir_all(&trash).map_err(io(&trash))
+    }
 }
+
+/// A run's hold on an image (see [`Userland::hold`]).
+#[derive(Debug)]
+pub struct InUse(#[allow(dead_code)] std::fs::File);
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
@@ -237,6 +280,36 @@ fn now() -> u64 {
 
 pub fn userlands_dir() -> PathBuf {
     super::cache_dir().join("userlands")
+}
+
+/// `userlands/`, made private (0700): image trees hold setuid-root files
+/// and world-writable directories that no other local user may reach. A
+/// cache directory another user owns or may write is refused: root writing
+/// there could be led through their symlinks.
+fn private_userlands_dir() -> Result<PathBuf, ImageError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cache = super::cache_dir();
+    std::fs::create_dir_all(&cache).map_err(io(&cache))?;
+    let me = nix::unistd::geteuid().as_raw();
+    for dir in [cache.parent().unwrap_or(&cache), &cache] {
+        let m = std::fs::metadata(dir).map_err(io(dir))?;
+        let sticky_shared = m.mode() & 0o1000 != 0 && dir != cache;
+        if (m.uid() != me && m.uid() != 0) || (m.mode() & 0o022 != 0 && !sticky_shared) {
+            return Err(ImageError::UnsafeCache(dir.to_path_buf()));
+        }
+    }
+    let root = userlands_dir();
+    match std::fs::create_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(&root)(e)),
+    }
+    let m = std::fs::symlink_metadata(&root).map_err(io(&root))?;
+    if !m.is_dir() || m.uid() != me {
+        return Err(ImageError::UnsafeCache(root));
+    }
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io(&root))?;
+    Ok(root)
 }
 
 fn load(dir: &Path) -> Result<Userland, ImageError> {
@@ -281,8 +354,8 @@ pub fn debian_packages(extra: &[String]) -> Vec<String> {
 }
 
 /// The userland for `spec`: `None` for the default image; a cached image;
-/// or, when `build` allows, one built now (with its progress shown).
-pub fn resolve(spec: &ImageSpec, build: bool, progress: &Progress) -> Result<Option<Userland>, ImageError> {
+/// or, unless `no_build` says why not, one built now (progress shown).
+pub fn resolve(spec: &ImageSpec, no_build: Option<&str>, progress: &Progress) -> Result<Option<Userland>, ImageError> {
     match spec {
         ImageSpec::Default => Ok(None),
         ImageSpec::Named(n) => {
@@ -299,8 +372,15 @@ pub fn resolve(spec: &ImageSpec, build: bool, progress: &Progress) -> Result<Opt
                 u.touch_used();
                 return Ok(Some(u));
             }
-            if !build {
-                return Err(ImageError::NotBuilt { name: spec.display_name(), command: spec.build_command() });
+            if let Some(why) = no_build {
+                return Err(ImageError::NotBuilt {
+                    name: spec.display_name(),
+                    why: why.to_string(),
+                    command: spec.build_command(),
+                });
+            }
+            if packages.len() > MAX_PACKAGES {
+                return Err(ImageError::BadSpec(format!("at most {MAX_PACKAGES} extra packages per image")));
             }
             let u = build_debian(suite, &all, &spec.display_name(), progress)?;
             u.touch_used();
@@ -326,7 +406,7 @@ pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Pro
             });
         }
     }
-    let root = userlands_dir();
+    let root = private_userlands_dir()?;
     let id = debian_id(suite, DEFAULT_MIRROR, packages);
     let dir = root.join(&id);
     // One Debian build at a time: they share the .deb cache, and a second
@@ -364,6 +444,21 @@ pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Pro
         .arg(DEFAULT_MIRROR);
     crate::procs::die_with_parent(&mut cmd);
     run_tool(cmd, "mmdebstrap", progress)?;
+    // apt reads a name it does not know as a pattern: make sure each asked
+    // for package is what got installed, by that exact name.
+    let status = std::fs::read_to_string(tree.join("var/lib/dpkg/status")).unwrap_or_default();
+    let installed: std::collections::HashSet<&str> = status
+        .split("\n\n")
+        .filter(|st| st.lines().any(|l| l.starts_with("Status: install ok installed")))
+        .filter_map(|st| st.lines().find_map(|l| l.strip_prefix("Package: ")))
+        .collect();
+    let missing: Vec<&str> = packages.iter().map(String::as_str).filter(|p| !installed.contains(p)).collect();
+    if !missing.is_empty() {
+        return Err(ImageError::BadSpec(format!(
+            "no package named exactly {} was installed (apt may have read the name as a pattern)",
+            missing.join(", ")
+        )));
+    }
     finish_tree(&tree)?;
     progress.stage(&format!("packing {name} into erofs"));
     make_erofs(&tree, &tmp.path().join("rootfs.erofs"), false)?;
@@ -419,21 +514,32 @@ pub fn register_import(
     h.update(tmp.path().as_os_str().as_encoded_bytes());
     let id = hex::encode(h.finalize())[..16].to_string();
     let meta = UserlandMeta { id: id.clone(), name: name.into(), source, fs: "erofs".into(), created_unix: now() };
-    let root = userlands_dir();
+    let root = private_userlands_dir()?;
     let _lock = cache::CacheLock::acquire(&super::cache_dir(), &|m| progress.stage(m))?;
     let older: Vec<Userland> = list().into_iter().filter(|u| u.meta.name == name).collect();
+    if let Some(busy) = older.iter().find(|o| o.in_use()) {
+        return Err(ImageError::InUse(format!("{name} ({})", busy.meta.id)));
+    }
     let u = install(tmp, &root.join(&id), &meta)?;
     for o in older {
         progress.stage(&format!("replacing the earlier image {name} ({})", o.meta.id));
-        let _ = std::fs::remove_dir_all(&o.dir);
+        let _ = o.discard();
     }
     Ok(u)
 }
 
 /// A fresh staging directory for an import (its `tree/` is created empty).
 pub fn staging() -> Result<tempfile::TempDir, ImageError> {
-    let root = userlands_dir();
-    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let root = private_userlands_dir()?;
+    // Imports that died (SIGKILL) left their staging behind.
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".import-")) {
+            let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|a| a.as_secs() > STALE_IMPORT_SECS) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = tempfile::Builder::new().prefix(".import-").tempdir_in(&root).map_err(io(&root))?;
     std::fs::create_dir(tmp.path().join("tree")).map_err(io(tmp.path()))?;
     Ok(tmp)
@@ -444,6 +550,14 @@ fn install(tmp: tempfile::TempDir, dir: &Path, meta: &UserlandMeta) -> Result<Us
     std::fs::write(tmp.path().join("userland.json"), json).map_err(io(tmp.path()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).map_err(io(tmp.path()))?;
+    // A directory without a valid marker is a removal cut short: it
+    // would block the rename forever.
+    if dir.exists() && load(dir).is_err() {
+        let trash = dir.with_file_name(format!(".trash-{}", meta.id));
+        let _ = std::fs::remove_dir_all(&trash);
+        let _ = std::fs::rename(dir, &trash);
+        let _ = std::fs::remove_dir_all(&trash);
+    }
     let staged = tmp.keep();
     if let Err(e) = std::fs::rename(&staged, dir) {
         let _ = std::fs::remove_dir_all(&staged);
@@ -497,6 +611,19 @@ pub fn finish_tree(tree: &Path) -> Result<(), ImageError> {
         plain_dir(&tree.join(d), mode)?;
     }
     plain_dir(&tree.join("tmp"), 0o1777)?;
+    // Both backends mount their own /dev: the image's nodes (mmdebstrap
+    // leaves host device nodes there) are of no use and only a risk.
+    if let Ok(rd) = std::fs::read_dir(tree.join("dev")) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(io(&p))?;
+        }
+    }
     plain_dir(&tree.join("etc"), 0)?;
     plain_dir(&tree.join("root"), 0)?;
     plain_file(&tree.join("etc/hostname"), b"cordon\n")?;
@@ -587,7 +714,10 @@ pub fn remove(which: &str) -> Result<usize, ImageError> {
     let mut n = 0;
     for u in list() {
         if u.meta.id == which || u.meta.name == which {
-            std::fs::remove_dir_all(&u.dir).map_err(io(&u.dir))?;
+            if u.in_use() {
+                return Err(ImageError::InUse(format!("{} ({})", u.meta.name, u.meta.id)));
+            }
+            u.discard()?;
             n += 1;
         }
     }
@@ -606,8 +736,8 @@ pub fn prune(idle_secs: u64, all_derived_too: bool) -> Result<Vec<Userland>, Ima
             }
             Source::Import { .. } => false,
         };
-        if derived && u.idle_secs() >= idle_secs {
-            std::fs::remove_dir_all(&u.dir).map_err(io(&u.dir))?;
+        if derived && u.idle_secs() >= idle_secs && !u.in_use() {
+            u.discard()?;
             gone.push(u);
         }
     }

@@ -53,6 +53,8 @@ struct Guard {
     cgroup: Option<cgroup::SandboxCgroup>,
     dir: Option<tempfile::TempDir>,
     janitor: Option<Janitor>,
+    /// Keeps the userland image from being removed while the sandbox runs.
+    _image: Option<crate::image::userland::InUse>,
 }
 
 impl super::SandboxGuard for Guard {
@@ -107,9 +109,10 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         .map_err(BackendError::Image)?;
     let rootfs = crate::image::rootfs(&image).map_err(BackendError::Image)?;
     let progress = crate::image::progress::Progress::auto(plan.json, log);
-    let userland =
-        crate::image::userland::resolve(&plan.image, !plan.no_build, &progress).map_err(BackendError::Image)?;
+    let userland = crate::image::userland::resolve(&plan.image, plan.no_build.as_deref(), &progress)
+        .map_err(BackendError::Image)?;
     drop(progress);
+    let image_hold = userland.as_ref().map(|u| u.hold()).transpose().map_err(BackendError::Image)?;
 
     let dir = tempfile::Builder::new()
         .prefix("cordon-")
@@ -118,8 +121,15 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         .map_err(spawn_err("temp dir"))?;
     let d = dir.path().to_path_buf();
     let janitor = Janitor::start(&d).map_err(spawn_err("janitor"))?;
-    let mut guard =
-        Guard { init: None, link: None, tap_pump: None, cgroup: None, dir: Some(dir), janitor: Some(janitor) };
+    let mut guard = Guard {
+        init: None,
+        link: None,
+        tap_pump: None,
+        cgroup: None,
+        dir: Some(dir),
+        janitor: Some(janitor),
+        _image: image_hold,
+    };
     let (uid_base, map_len) = if root { (root_map_base(), 0x1_0000) } else { (nix::unistd::getuid().as_raw(), 1) };
     let gid_base = if root { uid_base } else { nix::unistd::getgid().as_raw() };
     let ws = d.join("workspace");
@@ -170,8 +180,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
 
     let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
     let (mut sync_ours, sync_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
-    let exe = std::env::current_exe().map_err(spawn_err("cordon's own path"))?;
-    let mut cmd = std::process::Command::new(exe);
+    let mut cmd = std::process::Command::new(crate::procs::SELF_EXE);
     cmd.arg("__ns-init").stdin(Stdio::null()).env_clear();
     let logf = std::fs::File::create(d.join("ns.log")).map_err(spawn_err("ns.log"))?;
     cmd.stdout(logf.try_clone().map_err(spawn_err("ns.log"))?).stderr(logf);
@@ -312,7 +321,7 @@ fn next_report(sync: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(Report, Opti
 /// confinement and the cgroup).
 fn core_layers(plan: &Plan, root: bool, uid_base: u32) -> Vec<Layer> {
     let fs = match plan.rootfs {
-        RootfsChoice::Image => "the image's rootfs, read-only; writable: /workspace, /tmp, /run, /dev/shm",
+        RootfsChoice::Image => "the image's rootfs, read-only; writable: /workspace, /tmp, /run, /dev/shm, /.cordon-spool (archives in transit)",
         RootfsChoice::Host => "the host's /usr, /bin, /lib*, /etc read-only (no /root, /home, /etc/shadow)",
     };
     let net = if plan.gated() { "a tap through the egress gate" } else { "loopback only" };

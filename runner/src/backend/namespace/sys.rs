@@ -245,8 +245,14 @@ impl Sys for Real {
                 flags |= ms;
             }
         }
-        nix::mount::mount(None::<&Path>, target, None::<&str>, flags | MsFlags::MS_NOSUID, None::<&str>)
-            .inspect_err(|e| eprintln!("cordon __ns-init: read-only remount of {}: {e}", target.display()))
+        nix::mount::mount(
+            None::<&Path>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .inspect_err(|e| eprintln!("cordon __ns-init: read-only remount of {}: {e}", target.display()))
     }
 
     fn mkdir(&mut self, p: &Path) -> nix::Result<()> {

@@ -47,6 +47,8 @@ struct VmGuard {
     acked: bool,
     link: Option<crate::netfilter::gated::GatedLink>,
     console: Option<std::sync::Arc<console::Console>>,
+    /// Keeps the userland image from being removed while the VM runs.
+    _image: Option<crate::image::userland::InUse>,
 }
 
 impl crate::backend::SandboxGuard for VmGuard {
@@ -152,9 +154,10 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let agent = find_agent(plan.agent.as_deref())?;
     let image = crate::image::build_default(&agent, plan.kernel, false, log).map_err(BackendError::Image)?;
     let progress = crate::image::progress::Progress::auto(plan.json, log);
-    let userland =
-        crate::image::userland::resolve(&plan.image, !plan.no_build, &progress).map_err(BackendError::Image)?;
+    let userland = crate::image::userland::resolve(&plan.image, plan.no_build.as_deref(), &progress)
+        .map_err(BackendError::Image)?;
     drop(progress);
+    let image_hold = userland.as_ref().map(|u| u.hold()).transpose().map_err(BackendError::Image)?;
 
     let dir = tempfile::Builder::new()
         .prefix("cordon-")
@@ -173,6 +176,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         acked: false,
         link: None,
         console: None,
+        _image: image_hold,
     };
 
     // The token reaches the guest as a fw_cfg file, never through argv (see
@@ -254,7 +258,20 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let mut disks = vec![];
     if let Some(u) = &userland {
         let scratch = d.join("scratch.img");
-        crate::image::userland::make_scratch(&scratch, plan.disk_bytes).map_err(BackendError::Image)?;
+        // Sparse, but the guest may fill it: never promise it more than
+        // the host has free where it lives.
+        let free = nix::sys::statvfs::statvfs(&d).map(|v| v.blocks_available() * v.fragment_size()).unwrap_or(u64::MAX);
+        let bytes = plan.disk_bytes.min(free / 10 * 9);
+        if bytes < 64 << 20 {
+            return Err(BackendError::Unavailable(
+                "vm",
+                format!("only {} MiB free in {} for the scratch disk", free >> 20, d.display()),
+            ));
+        }
+        if bytes < plan.disk_bytes {
+            log(&format!("scratch disk cut to {} MiB: that is what {} has free", bytes >> 20, d.display()));
+        }
+        crate::image::userland::make_scratch(&scratch, bytes).map_err(BackendError::Image)?;
         disks.push(args::Disk { path: u.erofs(), serial: ROOT_DISK_SERIAL.into(), read_only: true });
         disks.push(args::Disk { path: scratch, serial: SCRATCH_DISK_SERIAL.into(), read_only: false });
     }
