@@ -11,6 +11,11 @@ cargo build --workspace --quiet
 # the boot image, and the Debian userland (mmdebstrap; about a minute, then
 # cached under ~/.cache/cordon/userlands).
 export CORDON_AGENT="$PWD/target/agent/$(uname -m)-unknown-linux-gnu/release/cordon-agent"
-target/debug/cordon image build >/dev/null
+# cordon's own kernel (kernel-config/build.sh: minutes once per machine,
+# then cached), which the VM tests boot by default (`--kernel auto`); the
+# Debian kernel's boot image too, for the tests that ask for it.
+kernel-config/build.sh "$(uname -m)" >/dev/null
+target/debug/cordon image build --kernel cordon >/dev/null
+target/debug/cordon image build --kernel debian >/dev/null
 target/debug/cordon image build debian --quiet >/dev/null
 cargo test --workspace --quiet "$@"

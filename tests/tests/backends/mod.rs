@@ -42,10 +42,16 @@ pub fn cordon() -> Command {
 }
 
 impl Backend {
-    /// The `cordon run` flags that pick this backend.
+    /// The `cordon run` flags that pick this backend. The VM's kernel is
+    /// `auto` (cordon's own when built) unless CORDON_TEST_KERNEL names one,
+    /// so the whole suite can run on each kernel.
     pub fn isolation(self) -> &'static [&'static str] {
+        static VM: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
         match self {
-            Backend::Vm => &["--isolation", "vm", "--accel", "tcg"],
+            Backend::Vm => VM.get_or_init(|| {
+                let kernel = std::env::var("CORDON_TEST_KERNEL").unwrap_or_else(|_| "auto".into());
+                vec!["--isolation", "vm", "--accel", "tcg", "--kernel", Box::leak(kernel.into_boxed_str())]
+            }),
             Backend::Namespace => &["--isolation", "namespace"],
         }
     }
@@ -190,13 +196,34 @@ pub struct Proc {
     pub pid: u32,
     pub comm: String,
     pub cmdline: Vec<String>,
+    /// Clock ticks after boot (stat field 22): with the pid, this process
+    /// and no later one that reuses its pid.
+    pub start: u64,
 }
 
-fn stat_of(pid: u32) -> Option<(u32, String)> {
+impl Proc {
+    /// Whether this very process still runs (not a zombie, and its pid not
+    /// reused by a later process: a fork bomb's, on a busy host, cycles
+    /// through the whole pid space in seconds).
+    pub fn alive(&self) -> bool {
+        stat_of(self.pid).is_some_and(|s| s.start == self.start) && alive(self.pid as i32)
+    }
+}
+
+struct Stat {
+    ppid: u32,
+    comm: String,
+    start: u64,
+}
+
+fn stat_of(pid: u32) -> Option<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (head, rest) = stat.rsplit_once(')')?;
-    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-    Some((ppid, head.split_once('(').map(|x| x.1).unwrap_or_default().to_string()))
+    // After the comm: state, ppid, ... starttime (field 22, so the 20th here).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some(Stat { ppid, comm: head.split_once('(').map(|x| x.1).unwrap_or_default().to_string(), start })
 }
 
 /// Every process whose parent is `pid`, transitively (scans /proc).
@@ -204,14 +231,14 @@ pub fn descendants(pid: u32) -> Vec<Proc> {
     let mut all = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if let Some((ppid, comm)) = stat_of(p) {
-            all.push((p, ppid, comm));
+        if let Some(s) = stat_of(p) {
+            all.push((p, s));
         }
     }
     let mut out = Vec::new();
     let mut frontier = vec![pid];
     while let Some(p) = frontier.pop() {
-        for (c, pp, comm) in &all {
+        for (c, Stat { ppid: pp, comm, start }) in &all {
             if *pp == p {
                 let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
                 let cmdline = cmdline
@@ -219,7 +246,7 @@ pub fn descendants(pid: u32) -> Vec<Proc> {
                     .filter(|a| !a.is_empty())
                     .map(|a| String::from_utf8_lossy(a).into())
                     .collect();
-                out.push(Proc { pid: *c, comm: comm.clone(), cmdline });
+                out.push(Proc { pid: *c, comm: comm.clone(), cmdline, start: *start });
                 frontier.push(*c);
             }
         }
@@ -354,15 +381,16 @@ impl Watched {
         }
         assert!(!self.temp_then.is_empty(), "cordon had no temp dir in TMPDIR while the step ran\n{what}");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let gone = |p: &Proc| !alive(p.pid as i32);
+        let gone = |p: &Proc| !p.alive();
         rt.block_on(eventually(grace, || self.seen.iter().all(gone)));
         let left: Vec<&Proc> = self.seen.iter().filter(|p| !gone(p)).collect();
         rt.block_on(eventually(grace, || self.cgroups.iter().all(|d| !d.exists())));
         let left_cgroups: Vec<&PathBuf> = self.cgroups.iter().filter(|d| d.exists()).collect();
         // A failing run must not litter the host: end what this run left
         // (these processes were under our own cordon) before asserting.
-        for p in &left {
-            // SAFETY: kill(2) on a pid this test's cordon started.
+        for p in left.iter().filter(|p| p.alive()) {
+            // SAFETY: kill(2) on a process this test's cordon started (its
+            // start time matched just now).
             unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
         }
         rt.block_on(eventually(Duration::from_secs(5), || left.iter().all(|p| gone(p))));
