@@ -7,8 +7,7 @@
 //! of them unless a lone frame is larger (see relay.rs for why).
 
 use std::ops::Range;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::relay::{MAX_FRAME, WRITE_BATCH};
 
@@ -92,13 +91,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// Where whole frames go: straight to a socket, or queued for a writer task
-/// as one item per write.
-pub enum Sink {
-    Socket(tokio::net::unix::OwnedWriteHalf),
-    Queue(mpsc::Sender<Vec<u8>>),
-}
-
 /// Frames to be written, gathered while more are already buffered to be
 /// read: a run of whole frames that lie back to back in the read buffer, or
 /// frames copied out of it. At most WRITE_BATCH bytes, or one frame.
@@ -115,13 +107,13 @@ impl Pending {
 
     /// Makes room for `n` more bytes, writing what is pending if they would
     /// take it above WRITE_BATCH; false when the sink is gone.
-    async fn room(&mut self, n: usize, buf: &[u8], sink: &mut Sink) -> bool {
-        self.len() == 0 || self.len() + n <= WRITE_BATCH || self.flush(buf, sink).await
+    async fn room<W: AsyncWrite + Unpin>(&mut self, n: usize, buf: &[u8], w: &mut W) -> bool {
+        self.len() == 0 || self.len() + n <= WRITE_BATCH || self.flush(buf, w).await
     }
 
     /// Adds the frame whose length prefix is at `at` in `buf`, unchanged.
-    pub async fn frame(&mut self, buf: &[u8], at: usize, n: usize, sink: &mut Sink) -> bool {
-        if !self.room(4 + n, buf, sink).await {
+    pub async fn frame<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], at: usize, n: usize, w: &mut W) -> bool {
+        if !self.room(4 + n, buf, w).await {
             return false;
         }
         if self.copied.is_empty() && (self.run.is_empty() || self.run.end == at) {
@@ -135,8 +127,8 @@ impl Pending {
     }
 
     /// Adds `f`, a frame that is not in the read buffer as it stands.
-    pub async fn copy(&mut self, buf: &[u8], f: &[u8], sink: &mut Sink) -> bool {
-        if !self.room(4 + f.len(), buf, sink).await {
+    pub async fn copy<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], f: &[u8], w: &mut W) -> bool {
+        if !self.room(4 + f.len(), buf, w).await {
             return false;
         }
         self.spill(buf);
@@ -157,15 +149,13 @@ impl Pending {
 
     /// Writes what is pending, if anything; false when the sink is gone.
     /// Must be called before the read buffer is filled again.
-    pub async fn flush(&mut self, buf: &[u8], sink: &mut Sink) -> bool {
-        let ok = match sink {
-            _ if self.len() == 0 => true,
-            // A short write can only happen for a lone frame above
-            // WRITE_BATCH or a tiny send buffer; the rest follows at once.
-            Sink::Socket(w) if self.copied.is_empty() => w.write_all(&buf[self.run.clone()]).await.is_ok(),
-            Sink::Socket(w) => w.write_all(&self.copied).await.is_ok(),
-            Sink::Queue(tx) if self.copied.is_empty() => tx.send(buf[self.run.clone()].to_vec()).await.is_ok(),
-            Sink::Queue(tx) => tx.send(std::mem::take(&mut self.copied)).await.is_ok(),
+    pub async fn flush<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], w: &mut W) -> bool {
+        // A short write can only happen for a lone frame above WRITE_BATCH
+        // or a tiny send buffer; the rest follows at once.
+        let ok = match (self.len(), self.copied.is_empty()) {
+            (0, _) => true,
+            (_, true) => w.write_all(&buf[self.run.clone()]).await.is_ok(),
+            (_, false) => w.write_all(&self.copied).await.is_ok(),
         };
         self.run = 0..0;
         self.copied.clear();
@@ -232,34 +222,56 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
-    /// Runs of unchanged frames go out as one item without a copy into
-    /// `copied`; a cut frame or a gap makes the rest copied; no item holds
+    /// Records each write as it was made.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            b: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.get_mut().0.push(b.to_vec());
+            std::task::Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Runs of unchanged frames go out as one write without a copy into
+    /// `copied`; a cut frame or a gap makes the rest copied; no write holds
     /// more than WRITE_BATCH bytes unless it is one frame.
     #[tokio::test]
-    async fn test_pending_items_hold_whole_frames_in_order() {
+    async fn test_pending_writes_hold_whole_frames_in_order() {
         let buf = framed(&[100, 200, 300, 400, WRITE_BATCH, 50]);
         let offs: Vec<usize> = [0, 104, 308, 612, 1016, 1020 + WRITE_BATCH].into();
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut sink = Sink::Queue(tx);
+        let mut w = Writes::default();
         let mut p = Pending::default();
-        assert!(p.frame(&buf, offs[0], 100, &mut sink).await);
-        assert!(p.frame(&buf, offs[1], 200, &mut sink).await);
+        assert!(p.frame(&buf, offs[0], 100, &mut w).await);
+        assert!(p.frame(&buf, offs[1], 200, &mut w).await);
         assert_eq!((p.run.clone(), p.copied.len()), (0..308, 0), "back to back: one run");
         // Frame 2 dropped: frame 3 does not follow the run.
-        assert!(p.frame(&buf, offs[3], 400, &mut sink).await);
-        assert!(p.copy(&buf, &[9; 30], &mut sink).await);
-        assert!(p.frame(&buf, offs[4], WRITE_BATCH, &mut sink).await);
-        assert!(p.frame(&buf, offs[5], 50, &mut sink).await);
-        assert!(p.flush(&buf, &mut sink).await);
-        drop(sink);
-        let mut items = Vec::new();
-        while let Some(i) = rx.recv().await {
-            items.push(i);
-        }
+        assert!(p.frame(&buf, offs[3], 400, &mut w).await);
+        assert!(p.copy(&buf, &[9; 30], &mut w).await);
+        assert!(p.frame(&buf, offs[4], WRITE_BATCH, &mut w).await);
+        assert!(p.frame(&buf, offs[5], 50, &mut w).await);
+        assert!(p.flush(&buf, &mut w).await);
+        let writes = w.0;
         let mut want1 = buf[..308].to_vec();
         want1.extend_from_slice(&buf[offs[3]..offs[4]]);
         want1.extend_from_slice(&[0, 0, 0, 30]);
         want1.extend_from_slice(&[9; 30]);
-        assert_eq!(items, vec![want1, buf[offs[4]..offs[5]].to_vec(), buf[offs[5]..].to_vec()]);
+        assert_eq!(writes, vec![want1, buf[offs[4]..offs[5]].to_vec(), buf[offs[5]..].to_vec()]);
     }
 }

@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::dns;
-use super::frames::{FrameReader, Next, Pending, Sink};
+use super::frames::{FrameReader, Next, Pending};
 use super::gate::{Gate, Outbound};
 
 /// Larger than any frame passt or QEMU sends (MTU 65520 + Ethernet header):
@@ -96,52 +96,6 @@ where
 /// A stream error for a length no peer sends.
 fn bad_length(n: usize) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {n} bytes"))
-}
-
-/// Writes queued items, each one or more whole length-prefixed frames:
-/// whatever is queued, at most WRITE_BATCH bytes per write unless an item
-/// alone is larger (one write per item when they come one by one).
-fn writer(mut w: tokio::net::unix::OwnedWriteHalf) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(512);
-    let task = tokio::spawn(async move {
-        let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH + MAX_FRAME + 4);
-        let mut next: Option<Vec<u8>> = None;
-        loop {
-            let first = match next.take() {
-                Some(f) => f,
-                None => match rx.recv().await {
-                    Some(f) => f,
-                    None => return,
-                },
-            };
-            batch.clear();
-            let mut n = first.len();
-            while n < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(f) if n + f.len() <= WRITE_BATCH => {
-                        // Copied only when more than one item goes into this write.
-                        if batch.is_empty() {
-                            batch.extend_from_slice(&first);
-                        }
-                        batch.extend_from_slice(&f);
-                        n += f.len();
-                    }
-                    Ok(f) => {
-                        next = Some(f);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            // A short write can only happen for a lone frame above
-            // WRITE_BATCH or a tiny send buffer; the rest follows at once.
-            let out = if batch.is_empty() { &first[..] } else { &batch[..] };
-            if w.write_all(out).await.is_err() {
-                return;
-            }
-        }
-    });
-    (tx, task)
 }
 
 /// A netlink socket told of every IPv4 and IPv6 address change on the host.
@@ -270,19 +224,18 @@ impl Relay {
         };
         let upstream = gate.cfg.dns_upstream;
         let gate = Arc::new(Mutex::new(gate));
-        let (g_r, g_w) = guest.into_split();
-        let (p_r, p_w) = passt.into_split();
-        // The guest's end has more than one writer (forwarded frames,
-        // refusals, DNS answers): a writer task serves them all. passt's
-        // end has one, the outbound task, which writes to it itself.
-        let (to_guest, wg) = writer(g_w);
+        let (g_r, mut g_w) = guest.into_split();
+        let (p_r, mut p_w) = passt.into_split();
+        // Each end is written by one task, which writes whole frames only.
+        // The gate's own frames for the guest (refusals, DNS answers) are
+        // queued to the inbound task, which writes them with its own.
+        let (to_guest, mut replies) = mpsc::channel::<Vec<u8>>(512);
         // Debugging aid: one stderr line per frame.
         let trace = std::env::var_os("CORDON_GATE_TRACE").is_some();
 
-        let (g2, tg) = (gate.clone(), to_guest.clone());
+        let (g2, tg) = (gate.clone(), to_guest);
         let outbound = tokio::spawn(async move {
             let mut rd = FrameReader::new(g_r, READ_BUFFER);
-            let mut sink = Sink::Socket(p_w);
             let mut out = Pending::default();
             let mut judged = Vec::with_capacity(JUDGE_BATCH);
             loop {
@@ -294,17 +247,16 @@ impl Relay {
                     action
                 });
                 let buf = rd.buf();
-                let mut open = true;
                 for (at, n, action) in judged.drain(..) {
-                    open = match action {
-                        Outbound::Forward => out.frame(buf, at, n, &mut sink).await,
-                        Outbound::ForwardFirst(k) => out.copy(buf, &buf[at + 4..at + 4 + k], &mut sink).await,
+                    let open = match action {
+                        Outbound::Forward => out.frame(buf, at, n, &mut p_w).await,
+                        Outbound::ForwardFirst(k) => out.copy(buf, &buf[at + 4..at + 4 + k], &mut p_w).await,
                         Outbound::Drop => true,
                         Outbound::Reply(frames) => {
                             // Gathered frames never wait on the guest reading its replies.
-                            let open = out.flush(buf, &mut sink).await;
+                            let open = out.flush(buf, &mut p_w).await;
                             for f in frames {
-                                let _ = tg.send(framed(&f)).await;
+                                let _ = tg.send(f).await;
                             }
                             open
                         }
@@ -316,25 +268,22 @@ impl Relay {
                                     None => None,
                                 };
                                 let reply = g3.lock().expect("gate lock").dns_answer(&job, answers);
-                                let _ = tg3.send(framed(&reply)).await;
+                                let _ = tg3.send(reply).await;
                             });
                             true
                         }
                     };
                     if !open {
-                        break;
+                        return;
                     }
-                }
-                if !open {
-                    break;
                 }
                 // More frames already buffered: judge them before writing.
                 if bad.is_none() && matches!(rd.next(at), Next::Frame(_)) {
                     rd.consume(at);
                     continue;
                 }
-                if !out.flush(buf, &mut sink).await {
-                    break;
+                if !out.flush(buf, &mut p_w).await {
+                    return;
                 }
                 rd.consume(at);
                 let read = match bad {
@@ -351,12 +300,13 @@ impl Relay {
                 }
             }
         });
-        let (g2, tg) = (gate.clone(), to_guest);
+        let g2 = gate.clone();
         let inbound = tokio::spawn(async move {
             let mut rd = FrameReader::new(p_r, READ_BUFFER);
-            let mut sink = Sink::Queue(tg);
             let mut out = Pending::default();
             let mut judged = Vec::with_capacity(JUDGE_BATCH);
+            let mut reply: Option<Vec<u8>> = None;
+            let mut replies_open = true;
             loop {
                 let (at, bad) = judge_buffered(&rd, &g2, &mut judged, |g, f, now| {
                     let pass = g.inbound_at(f, now);
@@ -366,26 +316,46 @@ impl Relay {
                     pass
                 });
                 let buf = rd.buf();
-                let mut open = true;
                 for (at, n, pass) in judged.drain(..) {
-                    if pass && !out.frame(buf, at, n, &mut sink).await {
-                        open = false;
-                        break;
+                    if pass && !out.frame(buf, at, n, &mut g_w).await {
+                        return;
                     }
-                }
-                if !open {
-                    break;
                 }
                 if bad.is_none() && matches!(rd.next(at), Next::Frame(_)) {
                     rd.consume(at);
                     continue;
                 }
-                if !out.flush(buf, &mut sink).await || bad.is_some() {
+                // The gate's own frames go out with these, a bounded number
+                // per pass so they cannot hold up passt's.
+                for _ in 0..JUDGE_BATCH {
+                    let Some(f) = reply.take().or_else(|| replies.try_recv().ok()) else { break };
+                    if !out.copy(buf, &f, &mut g_w).await {
+                        return;
+                    }
+                }
+                if !out.flush(buf, &mut g_w).await {
+                    return;
+                }
+                if bad.is_some() {
                     break;
                 }
                 rd.consume(at);
-                if !matches!(rd.fill().await, Ok(true)) {
-                    break;
+                // Both are cancel-safe: a read not yet done loses nothing.
+                let event = tokio::select! {
+                    r = rd.fill() => Ok(r),
+                    f = replies.recv(), if replies_open => Err(f),
+                };
+                match event {
+                    Ok(Ok(true)) => {}
+                    Ok(_) => break,
+                    Err(Some(f)) => reply = Some(f),
+                    Err(None) => replies_open = false,
+                }
+            }
+            // passt is gone; the gate's own frames still reach the guest.
+            while let Some(f) = replies.recv().await {
+                if g_w.write_all(&framed(&f)).await.is_err() {
+                    return;
                 }
             }
         });
@@ -398,7 +368,7 @@ impl Relay {
             }
         });
         let watcher = tokio::spawn(watch_host_addrs(gate.clone(), host_addrs));
-        Ok(Relay { gate, log, tasks: vec![outbound, inbound, sweeper, watcher, wg], started: Instant::now() })
+        Ok(Relay { gate, log, tasks: vec![outbound, inbound, sweeper, watcher], started: Instant::now() })
     }
 
     /// The gate's counters so far.
