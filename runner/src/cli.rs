@@ -55,7 +55,8 @@ pub enum ImageCommand {
         /// is not built yet and cordon's source tree is at hand)
         #[arg(long, value_enum, default_value_t = crate::image::KernelChoice::Auto)]
         kernel: crate::image::KernelChoice,
-        /// Download the kernel package again even when one is cached (default only)
+        /// default: download the kernel package again even when one is
+        /// cached; debian: build the image again from today's archive
         #[arg(long)]
         refresh: bool,
         /// No progress spinner

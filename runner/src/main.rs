@@ -116,7 +116,12 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
                     }
                 };
                 let progress = Progress::auto(quiet, &log);
-                userland::resolve(&spec, None, &progress).map(|u| {
+                let built = if refresh {
+                    userland::refresh(&spec, &progress)
+                } else {
+                    userland::resolve(&spec, None, &progress)
+                };
+                built.map(|u| {
                     if let Some(u) = u {
                         println!("{} {} {}", u.meta.id, u.meta.name, u.dir.display());
                     }

@@ -389,6 +389,23 @@ pub fn resolve(spec: &ImageSpec, no_build: Option<&str>, progress: &Progress) ->
     }
 }
 
+/// Builds a Debian image again from the archive as it is today (security
+/// updates): the old one is taken out first, unless a run uses it.
+pub fn refresh(spec: &ImageSpec, progress: &Progress) -> Result<Option<Userland>, ImageError> {
+    if let ImageSpec::Debian { suite, packages } = spec {
+        let id = debian_id(suite, DEFAULT_MIRROR, &debian_packages(packages));
+        if let Ok(old) = load(&userlands_dir().join(&id)) {
+            let _lock = cache::CacheLock::acquire(&super::cache_dir(), &|m| progress.stage(m))?;
+            if old.in_use() {
+                return Err(ImageError::InUse(format!("{} ({})", old.meta.name, old.meta.id)));
+            }
+            progress.stage(&format!("removing {} ({}) to build it again", old.meta.name, old.meta.id));
+            old.discard()?;
+        }
+    }
+    resolve(spec, None, progress)
+}
+
 /// Builds a Debian image (or finds it built by another cordon meanwhile).
 pub fn build_debian(suite: &str, packages: &[String], name: &str, progress: &Progress) -> Result<Userland, ImageError> {
     check_suite(suite).map_err(ImageError::BadSpec)?;
