@@ -38,14 +38,14 @@ fn addr_bits(a: IpAddr) -> (u64, u128) {
 /// distinct keys as distinct word sequences.
 impl Hash for FlowKey {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        let ((sf, s), (df, d)) = (addr_bits(self.src), addr_bits(self.dst));
-        let head =
-            u64::from(self.proto) << 48 | sf << 40 | df << 32 | u64::from(self.sport) << 16 | u64::from(self.dport);
-        if sf == 4 && df == 4 {
+        let ports = u64::from(self.proto) << 48 | u64::from(self.sport) << 16 | u64::from(self.dport);
+        if let (IpAddr::V4(s), IpAddr::V4(d)) = (self.src, self.dst) {
             // The common case: the whole key in one pair of words.
-            h.write_u128(u128::from(head) << 64 | s << 32 | d);
+            let addrs = u64::from(u32::from(s)) << 32 | u64::from(u32::from(d));
+            h.write_u128(u128::from(ports | 4 << 40 | 4 << 32) << 64 | u128::from(addrs));
         } else {
-            h.write_u128(u128::from(head));
+            let ((sf, s), (df, d)) = (addr_bits(self.src), addr_bits(self.dst));
+            h.write_u128(u128::from(ports | sf << 40 | df << 32));
             h.write_u128(s);
             h.write_u128(d);
         }

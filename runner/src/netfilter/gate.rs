@@ -51,8 +51,9 @@ pub enum Outbound {
     Drop,
     /// Send these frames back to the guest instead.
     Reply(Vec<Vec<u8>>),
-    /// A DNS query for an allowed name: resolve it and answer.
-    Resolve(DnsJob),
+    /// A DNS query for an allowed name: resolve it and answer. Boxed: the
+    /// relay keeps a batch of these values, and the rest are small.
+    Resolve(Box<DnsJob>),
 }
 
 /// A question to ask upstream: the query and whom to answer, not the frame.
@@ -379,7 +380,7 @@ impl Gate {
             return Outbound::Drop;
         }
         self.dns_in_flight += 1;
-        Outbound::Resolve(DnsJob { query: q, peer })
+        Outbound::Resolve(Box::new(DnsJob { query: q, peer }))
     }
 
     /// Finishes a DNS job with upstream `answers`; private and guarded ones

@@ -75,10 +75,6 @@ fn be16(b: &[u8], o: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(o)?, *b.get(o + 1)?]))
 }
 
-fn be32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-
 pub fn parse(frame: &[u8]) -> Option<Packet> {
     let ethertype = be16(frame, 12)?;
     match ethertype {
@@ -98,16 +94,16 @@ pub fn parse(frame: &[u8]) -> Option<Packet> {
 }
 
 fn parse_v4(f: &[u8], off: usize) -> Option<Ip> {
-    let h = f.get(off..off + 20)?;
+    let h: &[u8; 20] = f.get(off..off + 20)?.try_into().ok()?;
     if h[0] >> 4 != 4 {
         return None;
     }
     let ihl = usize::from(h[0] & 0x0f) * 4;
-    let total = usize::from(be16(h, 2)?);
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
     if ihl < 20 || total < ihl || f.len() < off + total {
         return None;
     }
-    let frag = be16(h, 6)?;
+    let frag = u16::from_be_bytes([h[6], h[7]]);
     let fragmented = frag & 0x2000 != 0 || frag & 0x1fff != 0;
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
@@ -141,16 +137,18 @@ fn parse_l4(f: &[u8], proto: u8, o: usize, end: usize, icmp: u8) -> Option<L4> {
     let seg = f.get(o..end)?;
     Some(match proto {
         PROTO_TCP => {
-            let doff = usize::from(*seg.get(12)? >> 4) * 4;
+            let t: &[u8; 20] = seg.get(..20)?.try_into().ok()?;
+            let doff = usize::from(t[12] >> 4) * 4;
             if doff < 20 || doff > seg.len() {
                 return None;
             }
+            let be32 = |o: usize| u32::from_be_bytes([t[o], t[o + 1], t[o + 2], t[o + 3]]);
             L4::Tcp {
-                sport: be16(seg, 0)?,
-                dport: be16(seg, 2)?,
-                seq: be32(seg, 4)?,
-                ack: be32(seg, 8)?,
-                flags: seg[13],
+                sport: u16::from_be_bytes([t[0], t[1]]),
+                dport: u16::from_be_bytes([t[2], t[3]]),
+                seq: be32(4),
+                ack: be32(8),
+                flags: t[13],
                 payload_len: seg.len() - doff,
             }
         }
