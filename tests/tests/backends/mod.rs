@@ -14,6 +14,7 @@ use std::time::Duration;
 
 /// Instantiates each case for both backends (`both`), and the VM-only ones
 /// (`vm_only`) for the VM alone. Cases are `fn(Backend)` in the calling file.
+#[allow(unused_macros)] // A suite of one backend's cases does not use it.
 macro_rules! backend_tests {
     (both: [$($case:ident),* $(,)?] $(, vm_only: [$($vm:ident),* $(,)?])? $(,)?) => {
         /// The microVM backend: QEMU under TCG (`--isolation vm --accel tcg`).
