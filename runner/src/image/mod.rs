@@ -304,6 +304,9 @@ pub fn has_interpreter(bytes: &[u8]) -> bool {
     })
 }
 
+/// The host's static busybox, the image's userland.
+const BUSYBOX: &str = "/bin/busybox";
+
 /// Builds (or finds in the cache) the boot image for `agent` and the
 /// kernel `choice` names: "default" with Debian's kernel, "default-cordon"
 /// with cordon's.
@@ -319,7 +322,7 @@ pub fn build_default(
     let _lock = cache::CacheLock::acquire(&cache, log)?;
     let kernel = pick_kernel(&cache, choice, refresh, log)?;
     let name = if kernel.root.is_some() { "default" } else { "default-cordon" };
-    let busybox = PathBuf::from("/bin/busybox");
+    let busybox = PathBuf::from(BUSYBOX);
     // Every run asks for the image: skip hashing the agent and busybox and
     // resolving modules when none of the inputs changed since last time.
     let memo = inputs_fingerprint(&kernel.package, agent, &busybox).map(|fp| cache.join("image-inputs").join(fp));
@@ -415,6 +418,39 @@ pub fn build_default(
     }
     remember(&id);
     load(&dir)
+}
+
+/// The unpacked rootfs of the boot image for `agent` (busybox and the agent
+/// as /init): all the namespace backend uses of it. The rootfs is the same
+/// whichever kernel the image was built for (it leaves the modules out), so
+/// a memo keyed by the agent's and busybox's identity names it: a run whose
+/// inputs did not change looks at no kernel and takes no lock. Otherwise
+/// the image is found or built (`build_default`) and unpacked.
+pub fn default_rootfs(agent: &Path, log: &dyn Fn(&str)) -> Result<PathBuf, ImageError> {
+    let cache = cache_dir();
+    let memo = inputs_fingerprint("rootfs", agent, Path::new(BUSYBOX)).map(|fp| cache.join("rootfs-inputs").join(fp));
+    let remembered = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok());
+    if let Some(dir) = remembered.and_then(|id| unpacked_rootfs(&cache, &id)) {
+        return Ok(dir);
+    }
+    let image = build_default(agent, KernelChoice::Auto, false, log)?;
+    let dir = rootfs::rootfs(&image)?;
+    if let Some(m) = &memo {
+        let _ = m.parent().map(std::fs::create_dir_all);
+        let _ = std::fs::write(m, &image.meta.id);
+    }
+    Ok(dir)
+}
+
+/// The rootfs of cached image `id`, when it is fully unpacked (rootfs.rs
+/// marks that with a file). `id` comes from a memo file: one path component.
+fn unpacked_rootfs(cache: &Path, id: &str) -> Option<PathBuf> {
+    let id = id.trim();
+    if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+        return None;
+    }
+    let dir = cache.join("images").join(id).join("rootfs");
+    dir.join("etc/cordon/rootfs-complete").exists().then_some(dir)
 }
 
 /// What identifies the image's inputs without reading them: the kernel
@@ -578,6 +614,21 @@ pub fn remove(which: &str) -> Result<usize, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_unpacked_rootfs_only_complete_and_one_component() {
+        let cache = tempfile::tempdir().unwrap();
+        let done = cache.path().join("images/abc/rootfs/etc/cordon");
+        std::fs::create_dir_all(&done).unwrap();
+        std::fs::write(done.join("rootfs-complete"), b"").unwrap();
+        std::fs::create_dir_all(cache.path().join("images/half/rootfs/etc")).unwrap();
+        let want = cache.path().join("images/abc/rootfs");
+        assert_eq!(unpacked_rootfs(cache.path(), "abc"), Some(want.clone()));
+        assert_eq!(unpacked_rootfs(cache.path(), "abc\n"), Some(want));
+        for bad in ["", "half", "missing", "..", ".", "../images/abc", "abc/../abc"] {
+            assert_eq!(unpacked_rootfs(cache.path(), bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn test_has_interpreter_detects_dynamic_binaries() {

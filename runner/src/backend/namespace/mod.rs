@@ -105,9 +105,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     let passt_bin = super::passt_for(plan)?;
     let agent = find_agent(plan.agent.as_deref())?;
     // Only the boot image's busybox and agent matter here, not its kernel.
-    let image = crate::image::build_default(&agent, crate::image::KernelChoice::Auto, false, log)
-        .map_err(BackendError::Image)?;
-    let rootfs = crate::image::rootfs(&image).map_err(BackendError::Image)?;
+    let rootfs = crate::image::default_rootfs(&agent, log).map_err(BackendError::Image)?;
     let progress = crate::image::progress::Progress::auto(plan.json, log);
     let userland = crate::image::userland::resolve(&plan.image, plan.no_build.as_deref(), &progress)
         .map_err(BackendError::Image)?;
