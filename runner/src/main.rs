@@ -184,7 +184,7 @@ fn image_command(cmd: cordon::cli::ImageCommand) -> ExitCode {
                 (Err(image::ImageError::NotFound(_)), Ok(0)) => Err(image::ImageError::NotFound(which)),
                 (Ok(a), Ok(b)) => Ok(a + b),
                 (Err(image::ImageError::NotFound(_)), Ok(n)) => Ok(n),
-                (Err(e), _) | (_, Err(e)) => Err(e),
+                (_, Err(e)) | (Err(e), _) => Err(e),
             };
             removed.map(|n| println!("removed {n} image(s)"))
         }

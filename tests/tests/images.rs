@@ -445,14 +445,20 @@ fn test_an_image_in_use_is_not_removed() {
     std::fs::write(&tarball, busybox_layer(&[("etc/marker", "in use\n")])).unwrap();
     let name = unique("t-busy");
     let imported = import(&tarball, &name);
-    let mut run = Backend::Namespace.run(&["--image", &name, "--", "sh", "-c", "cat /etc/marker; sleep 4"]);
-    let child = run.stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut run = Backend::Namespace.run(&["--image", &name, "--", "sh", "-c", "cat /etc/marker; sleep 4; echo done"]);
+    let mut child = run.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // The step has started (so the run holds its image) once it printed.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert_eq!(first, "in use\n");
     let (code, _, stderr) = text(&cordon().args(["image", "rm", &name]).output().unwrap());
     assert_ne!(code, 0, "removed an image a run was using");
     assert!(stderr.contains("in use"), "{stderr}");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(text(&out).1, "in use\n", "the run kept its image");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(rest, "done\n", "the run kept its image");
     let (code, stdout, stderr) = text(&cordon().args(["image", "rm", &name]).output().unwrap());
     assert_eq!(code, 0, "{stdout}{stderr}");
     std::mem::forget(imported);
