@@ -26,10 +26,11 @@ backend_tests! {
 }
 
 fn test_limits_fork_bomb_times_out_and_leaves_nothing(b: Backend) {
-    // The step's own shell forks its sleeper before the bomb, then only
-    // waits (a builtin): at native speed the bomb fills pids.max before a
-    // fork after it could succeed, and the step would end early with sh's 2.
-    let bomb = "sleep 30 & b() { b | b & }; b; wait";
+    // The step's own shell forks its sleeper and the bomb's subshell before
+    // the bomb exists, then only waits (a builtin): it never forks while the
+    // bomb holds pids.max (on a loaded host the bomb's children can fill it
+    // before the shell's second fork of a pipeline, which ends sh with 2).
+    let bomb = "sleep 30 & (b() { b | b & }; b); wait";
     let w = run_watched(b, &["--timeout", "20s", "--", "sh", "-c", bomb], "step_started", |_| {});
     assert_eq!(w.output.status.code(), Some(124), "{}", describe(&w.output));
     let ex = step_exited(&w.output, "command");

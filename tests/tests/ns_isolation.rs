@@ -450,7 +450,10 @@ fn test_ns_fork_bomb_contained_by_pids_limit() {
     let (outlog, errlog) = (tempfile::NamedTempFile::new().unwrap(), tempfile::NamedTempFile::new().unwrap());
     let mut child = cordon()
         .args(["run", "--isolation", "namespace", "--pids", &LIMIT.to_string(), "--timeout", "4s", "--"])
-        .args(["sh", "-c", "b() { b | b & }; b; sleep 30"])
+        // The step's own shell forks its sleeper and the bomb's subshell
+        // before the bomb exists, then only waits (a builtin): a fork of its
+        // own once the bomb holds the limit would end the step early with 2.
+        .args(["sh", "-c", "sleep 30 & (b() { b | b & }; b); wait"])
         .stdout(outlog.reopen().unwrap())
         .stderr(errlog.reopen().unwrap())
         .spawn()
