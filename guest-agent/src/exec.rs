@@ -292,6 +292,18 @@ fn spawn(ctx: &ExecCtx, req: &Exec) -> Result<Spawned, Failure> {
     if !has_path {
         cmd.env("PATH", DEFAULT_PATH);
     }
+    // The agent's own settings are not the step's business.
+    for k in [cordon_protocol::boot::MODE_ENV, "CORDON_AGENT_LOG"] {
+        cmd.env_remove(k);
+    }
+    // Tools want a home (pip, git, compilers' caches): root's in the VM,
+    // whose root is an overlay; /tmp in a namespace sandbox, whose root is
+    // read-only.
+    let has_home = req.env.iter().any(|(k, _)| k == "HOME") || std::env::var_os("HOME").is_some();
+    if !has_home && !req.clear_env {
+        let ns = std::env::var_os(cordon_protocol::boot::MODE_ENV).is_some();
+        cmd.env("HOME", if ns { "/tmp" } else { "/root" });
+    }
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err((ExecFailure::BadRequest, format!("invalid environment variable name {k:?}")));

@@ -21,6 +21,7 @@ backend_tests!(
         test_wheel_with_a_c_extension_builds_from_its_sdist_offline,
         test_imported_tarball_and_oci_layout_each_run_a_job,
         test_workspace_larger_than_the_guest_memory_is_copied_in_whole,
+        test_steps_have_a_writable_home_and_no_agent_settings,
     ],
 );
 
@@ -482,4 +483,15 @@ fn test_an_untrusted_job_file_cannot_build_a_derived_image() {
     let (code, _, stderr) = text(&ns.output(&["-f", job.to_str().unwrap(), "--trust-job", "--no-build"]));
     assert_eq!(code, 120, "{stderr}");
     assert!(stderr.contains("--no-build was given"), "{stderr}");
+}
+
+/// Tools that want a home find a writable one, and the agent's own
+/// settings do not reach the step.
+fn test_steps_have_a_writable_home_and_no_agent_settings(b: Backend) {
+    let (code, stdout, stderr) = b.sh(
+        &["--image", "debian", "--no-build"],
+        "git config --global user.name cordon && git config --global user.name; env | grep -c '^CORDON_' || true",
+    );
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(stdout, "cordon\n0\n");
 }
