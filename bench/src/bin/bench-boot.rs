@@ -139,9 +139,10 @@ fn cordon_run(accel: &str, kernel: KernelChoice) -> Run {
 }
 
 /// Bare QEMU: the kernel, initramfs, machine, accelerator, vCPUs, memory and
-/// kernel command line cordon uses, console on a pipe, no control device;
-/// stops at the agent's "listening" line.
-fn bare_boot(accel: &str, kernel: &Path, initrd: &Path, cmdline: &str) -> Duration {
+/// kernel command line cordon uses, a token in fw_cfg (without one the agent
+/// waits for it), console on a pipe, no control device; stops at the
+/// agent's "listening" line.
+fn bare_boot(accel: &str, kernel: &Path, initrd: &Path, cmdline: &str, token: &Path) -> Duration {
     let qemu = cordon::backend::vm::probe::qemu_binary().unwrap();
     let t = Instant::now();
     let mut child = Command::new(qemu)
@@ -155,6 +156,8 @@ fn bare_boot(accel: &str, kernel: &Path, initrd: &Path, cmdline: &str) -> Durati
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", cmdline])
+        .arg("-fw_cfg")
+        .arg(format!("name={},file={}", cordon::backend::vm::args::TOKEN_FW_CFG, token.display()))
         .args(["-serial", "stdio", "-device", "virtio-rng-device"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -280,6 +283,8 @@ fn main() {
         })
         .collect();
     let cmdline = bare_cmdline(&a.accel);
+    let token = std::env::temp_dir().join(format!("bench-boot-token-{}", std::process::id()));
+    std::fs::write(&token, "0123456789abcdef").unwrap();
     let load_before = load_avg();
     let mut samples: Vec<Samples> = images.iter().map(|_| Samples::default()).collect();
     for i in 0..a.runs {
@@ -288,15 +293,16 @@ fn main() {
             let k = (i + j) % images.len();
             let (choice, img) = &images[k];
             if (i + j) % 2 == 0 {
-                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdline));
+                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdline, &token));
                 samples[k].runs.push(cordon_run(&a.accel, *choice));
             } else {
                 samples[k].runs.push(cordon_run(&a.accel, *choice));
-                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdline));
+                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdline, &token));
             }
         }
     }
     let load_after = load_avg();
+    let _ = std::fs::remove_file(&token);
     let mut kernels = serde_json::Map::new();
     for ((choice, img), s) in images.iter().zip(&samples) {
         kernels.insert(kernel_name(*choice).into(), s.summary(img));
