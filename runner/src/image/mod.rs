@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bumped when the initramfs layout changes, so old cache entries are not reused.
-const FORMAT: &str = "cordon-image-v2";
+const FORMAT: &str = "cordon-image-v3";
 
 /// Modules the guest needs; their dependencies are added automatically.
 /// `qemu_fw_cfg` carries the agent's token (kept out of QEMU's argv and the
@@ -112,6 +112,9 @@ pub struct ImageMeta {
     /// Loaded only when the run has a userland disk.
     #[serde(default)]
     pub root_modules: Vec<String>,
+    /// The kernel's CONFIG_HZ (for `lpj=` under TCG), when its config says.
+    #[serde(default)]
+    pub kernel_hz: Option<u64>,
     pub created_unix: u64,
 }
 
@@ -175,6 +178,8 @@ pub enum KernelChoice {
 struct Kernel {
     /// What identifies it: the .deb's name, or cordon's cache entry and hash.
     package: String,
+    /// Its build configuration (CONFIG_HZ is read from it).
+    config: PathBuf,
     release: String,
     /// The unpacked package (Debian's), whose lib/modules the initramfs draws on.
     root: Option<PathBuf>,
@@ -207,6 +212,7 @@ fn cordon_kernel(cache: &Path) -> Option<Kernel> {
     Some(Kernel {
         package: format!("cordon-kernel {} {}", path.file_name()?.to_string_lossy(), sha),
         release: format!("{version}-cordon"),
+        config: path.join("config"),
         root: None,
         vmlinuz: path.join(file),
     })
@@ -285,7 +291,13 @@ fn kernel_at(dir: &Path) -> Result<Kernel, ImageError> {
         .ok_or_else(|| ImageError::BadKernelPackage("lib/modules/<release>".into()))?;
     let package = std::fs::read_to_string(dir.join("complete")).unwrap_or_default();
     let vmlinuz = dir.join("boot").join(format!("vmlinuz-{release}"));
-    Ok(Kernel { package, release, root: Some(dir.to_path_buf()), vmlinuz })
+    let config = dir.join("boot").join(format!("config-{release}"));
+    Ok(Kernel { package, release, config, root: Some(dir.to_path_buf()), vmlinuz })
+}
+
+/// CONFIG_HZ from a kernel's .config.
+pub fn config_hz(config: &str) -> Option<u64> {
+    config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
 }
 
 /// Whether an ELF file asks for a dynamic loader.
@@ -402,6 +414,7 @@ pub fn build_default(
         kernel_release: kernel.release.clone(),
         modules: rel,
         root_modules: root_rel,
+        kernel_hz: std::fs::read_to_string(&kernel.config).ok().as_deref().and_then(config_hz),
         created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
     };
     let json = serde_json::to_vec_pretty(&meta).expect("image meta serializes");
@@ -638,6 +651,13 @@ mod tests {
         let mut hostile = std::fs::read("/bin/busybox").unwrap();
         hostile[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(has_interpreter(&hostile), "an unreadable header must count as dynamic");
+    }
+
+    #[test]
+    fn test_config_hz() {
+        assert_eq!(config_hz("# CONFIG_HZ_1000 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(config_hz("CONFIG_HZ_100=y\n"), None);
+        assert_eq!(config_hz("CONFIG_HZ=x"), None);
     }
 
     #[test]
