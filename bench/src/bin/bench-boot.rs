@@ -185,12 +185,14 @@ fn bare_boot(accel: &str, kernel: &Path, initrd: &Path, cmdline: &str, token: &P
     d
 }
 
-/// The kernel command line vm::start builds for a run without network.
-fn bare_cmdline(accel: &str) -> String {
+/// The kernel command line vm::start builds for a run without network, for
+/// a kernel of `hz`.
+fn bare_cmdline(accel: &str, hz: Option<u64>) -> String {
     let mut c = cordon::backend::vm::args::kernel_cmdline(cordon::backend::vm::args::Machine::Microvm, "vsock:1024");
     if accel == "tcg" {
         if let Some(khz) = cordon::backend::vm::tsc::host_tsc_khz() {
-            c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+            c.push(' ');
+            c.push_str(&cordon::backend::vm::args::tcg_timing(khz, hz));
         }
     }
     if let Some(extra) = std::env::var_os("CORDON_KERNEL_APPEND") {
@@ -282,7 +284,7 @@ fn main() {
             (k, img)
         })
         .collect();
-    let cmdline = bare_cmdline(&a.accel);
+    let cmdlines: Vec<String> = images.iter().map(|(_, img)| bare_cmdline(&a.accel, img.meta.kernel_hz)).collect();
     let token = std::env::temp_dir().join(format!("bench-boot-token-{}", std::process::id()));
     std::fs::write(&token, "0123456789abcdef").unwrap();
     let load_before = load_avg();
@@ -293,11 +295,11 @@ fn main() {
             let k = (i + j) % images.len();
             let (choice, img) = &images[k];
             if (i + j) % 2 == 0 {
-                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdline, &token));
+                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdlines[k], &token));
                 samples[k].runs.push(cordon_run(&a.accel, *choice));
             } else {
                 samples[k].runs.push(cordon_run(&a.accel, *choice));
-                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdline, &token));
+                samples[k].bare.push(bare_boot(&a.accel, &img.kernel(), &img.initramfs(), &cmdlines[k], &token));
             }
         }
     }
@@ -335,7 +337,7 @@ fn main() {
         "runs": a.runs,
         "median_of": a.runs,
         "load_avg_1m": {"before": load_before, "after": load_after},
-        "kernel_cmdline_bare": cmdline,
+        "kernel_cmdline_bare": cmdlines,
         "kernels": kernels,
         "targets": targets,
     });

@@ -242,6 +242,18 @@ pub fn qemu_args(c: &VmConfig) -> Vec<OsString> {
     v
 }
 
+/// What the guest kernel cannot measure well under TCG, told instead: the
+/// TSC's frequency (without it calibration against the PIT fails and the
+/// TSC is marked unstable) and loops per jiffy (each vCPU would otherwise
+/// calibrate its delay loop for 0.15-0.3 s, and wrongly).
+pub fn tcg_timing(tsc_khz: u64, kernel_hz: Option<u64>) -> String {
+    let mut s = format!("tsc_early_khz={tsc_khz} tsc=reliable");
+    if let Some(hz) = kernel_hz.filter(|h| *h > 0) {
+        s.push_str(&format!(" lpj={}", tsc_khz * 1000 / hz));
+    }
+    s
+}
+
 /// The guest kernel command line. No secrets: it is in QEMU's argv and in
 /// the guest's /proc/cmdline.
 ///

@@ -292,12 +292,8 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
             let mut c = args::kernel_cmdline(machine, &listen);
             if accel == Accel::Tcg {
                 if let Some(khz) = tsc::host_tsc_khz() {
-                    c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
-                    // Each vCPU would calibrate its delay loop (0.15-0.3 s
-                    // under TCG, and wrongly); loops per jiffy from the TSC.
-                    if let Some(hz) = image.meta.kernel_hz.filter(|h| *h > 0) {
-                        c.push_str(&format!(" lpj={}", khz * 1000 / hz));
-                    }
+                    c.push(' ');
+                    c.push_str(&args::tcg_timing(khz, image.meta.kernel_hz));
                 }
             }
             c.push_str(&net_param);
