@@ -36,8 +36,8 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Build an image: `default` (Debian's cloud kernel, busybox, the agent;
-    /// every run boots it) or `debian` (a Debian userland made with
+    /// Build an image: `default` (the boot image every VM run boots: the
+    /// kernel `--kernel` picks, busybox, the agent) or `debian` (a Debian userland made with
     /// mmdebstrap from Debian's archive; needs root)
     Build {
         /// default or debian
