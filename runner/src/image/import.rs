@@ -229,16 +229,24 @@ pub(crate) fn unpack_with(
     Ok(ImportInfo { source, entries, bytes })
 }
 
+/// One `read`, retried when a signal interrupts it (0 at the end).
+fn read_some<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Reads up to `buf.len()` bytes from the start of `f`, then rewinds it.
 fn read_head(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Seek;
     let mut n = 0;
     while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match read_some(f, &mut buf[n..])? {
+            0 => break,
+            k => n += k,
         }
     }
     f.rewind()?;

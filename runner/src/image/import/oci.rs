@@ -251,10 +251,9 @@ fn check_blob(
     let mut buf = vec![0u8; CHUNK];
     loop {
         tree.check_cancel()?;
-        let k = match r.read(&mut buf) {
+        let k = match super::read_some(&mut r, &mut buf) {
             Ok(0) => break,
             Ok(k) => k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(ImportError::Open { path: PathBuf::from(store.name()).join(&path[2]), source }),
         };
         h.update(&buf[..k]);

@@ -136,10 +136,9 @@ pub(super) fn import_file(
         let (mut buf, mut n) = (vec![0u8; CHUNK], 0u64);
         loop {
             tree.check_cancel()?;
-            let k = match r.read(&mut buf) {
+            let k = match super::read_some(&mut r, &mut buf) {
                 Ok(0) => break,
                 Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => return Err(ImportError::Archive { what, source }),
             };
             n += k as u64;
@@ -238,10 +237,9 @@ pub(super) fn drain(tree: &Tree, r: &mut impl Read, state: &GuardState, what: &s
             res = Err(e);
             break;
         }
-        match r.read(&mut buf) {
+        match super::read_some(r, &mut buf) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 res = Err(ImportError::Archive { what: what.to_string(), source: e });
                 break;

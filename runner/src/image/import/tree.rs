@@ -263,10 +263,9 @@ impl<'a> Tree<'a> {
         let mut f = File::from(fd);
         loop {
             self.check_cancel()?;
-            let n = match r.read(&mut self.buf) {
+            let n = match super::read_some(r, &mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(read_err(e)),
             };
             self.bytes += n as u64;
