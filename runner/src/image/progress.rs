@@ -7,7 +7,9 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 pub struct Progress<'a> {
-    bar: Option<ProgressBar>,
+    interactive: bool,
+    /// Made at the first stage, so a run that builds nothing draws nothing.
+    bar: std::cell::OnceCell<ProgressBar>,
     log: &'a dyn Fn(&str),
 }
 
@@ -15,13 +17,19 @@ impl<'a> Progress<'a> {
     /// A spinner when `interactive` (stderr is a terminal and no `--json`),
     /// else stage lines through `log`.
     pub fn new(interactive: bool, log: &'a dyn Fn(&str)) -> Progress<'a> {
-        let bar = interactive.then(|| {
+        Progress { interactive, bar: std::cell::OnceCell::new(), log }
+    }
+
+    fn bar(&self) -> Option<&ProgressBar> {
+        if !self.interactive {
+            return None;
+        }
+        Some(self.bar.get_or_init(|| {
             let b = ProgressBar::new_spinner();
             b.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("static template"));
             b.enable_steady_tick(Duration::from_millis(120));
             b
-        });
-        Progress { bar, log }
+        }))
     }
 
     /// Interactive when stderr is a terminal.
@@ -31,7 +39,7 @@ impl<'a> Progress<'a> {
 
     /// A main stage: always said, on the spinner or as a line.
     pub fn stage(&self, msg: &str) {
-        match &self.bar {
+        match self.bar() {
             Some(b) => {
                 b.println(format!("cordon: {msg}"));
                 b.set_message(msg.to_string());
@@ -42,14 +50,14 @@ impl<'a> Progress<'a> {
 
     /// A tool's progress line: shown on the spinner only.
     pub fn detail(&self, msg: &str) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = self.bar() {
             b.set_message(crate::term::sanitize_line(msg));
         }
     }
 
     /// Switches the spinner to a byte bar of `total` bytes.
     pub fn bytes(&self, total: u64) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = self.bar() {
             b.set_length(total);
             b.set_position(0);
             b.set_style(
@@ -60,13 +68,13 @@ impl<'a> Progress<'a> {
     }
 
     pub fn inc(&self, n: u64) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = self.bar.get() {
             b.inc(n);
         }
     }
 
     pub fn finish(&self) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = self.bar.get() {
             b.finish_and_clear();
         }
     }
