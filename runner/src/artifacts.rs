@@ -311,6 +311,16 @@ impl Dirs {
         }
     }
 
+    /// [`Dirs::go`] to an entry's parents: `false` when a non-directory is
+    /// in the way (the entry is skipped), other errors as they are.
+    fn enter_parents(&mut self, parents: &[OsString]) -> Result<bool, Errno> {
+        match self.go(parents) {
+            Ok(()) => Ok(true),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Makes `comps` (below the root) the current directory, creating what
     /// is missing, never through a symlink: `ELOOP`/`ENOTDIR` when a
     /// non-directory is in the way.
@@ -413,13 +423,9 @@ pub fn stage<R: Read>(r: R, root: &Path, opts: &StageOptions) -> Result<Staged, 
         let mtime = h.mtime().unwrap_or(0);
         if kind.is_dir() {
             let parents = &comps[..comps.len().saturating_sub(1)];
-            match dirs.go(parents) {
-                Ok(()) => {}
-                Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                    skip("a parent is not a directory, skipped");
-                    continue;
-                }
-                Err(e) => return Err(stage_err(&shown, errno(e))),
+            if !dirs.enter_parents(parents).map_err(|e| stage_err(&shown, errno(e)))? {
+                skip("a parent is not a directory, skipped");
+                continue;
             }
             match dirs.go(&comps) {
                 // Owner rwx stays, so the next run can replace the tree.
@@ -462,13 +468,9 @@ pub fn stage<R: Read>(r: R, root: &Path, opts: &StageOptions) -> Result<Staged, 
         } else {
             None
         };
-        match dirs.go(parents) {
-            Ok(()) => {}
-            Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                skip("a parent is not a directory, skipped");
-                continue;
-            }
-            Err(e) => return Err(stage_err(&shown, errno(e))),
+        if !dirs.enter_parents(parents).map_err(|e| stage_err(&shown, errno(e)))? {
+            skip("a parent is not a directory, skipped");
+            continue;
         }
         dirs.changing();
         let parent = &dirs.top().fd;
