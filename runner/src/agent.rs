@@ -146,6 +146,18 @@ impl AgentClient {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        Self::connect_with(io, token, deadline, false).await
+    }
+
+    /// As `connect`; with `eager`, Hello is sent before Ready arrives,
+    /// saving a round trip. Only for a channel that holds what is written
+    /// before its peer reads (a socketpair whose other end only the agent
+    /// holds, as in the namespace backend), never one that may drop it or
+    /// reach someone else first.
+    pub async fn connect_with<S>(io: S, token: &str, deadline: Duration, eager: bool) -> Result<AgentClient, AgentError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (r, w) = tokio::io::split(io);
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
         let shared = Arc::new(Shared {
@@ -181,24 +193,29 @@ impl AgentClient {
             version: 0,
             tasks: vec![reader, writer],
         };
-        tokio::time::timeout(deadline, client.handshake(token))
+        tokio::time::timeout(deadline, client.handshake(token, eager))
             .await
             .map_err(|_| AgentError::Timeout(deadline, "the agent's ready and welcome"))??;
         Ok(client)
     }
 
-    async fn handshake(&mut self, token: &str) -> Result<(), AgentError> {
-        match self.next_conn_msg().await? {
-            Message::Ready(r) => self.ready = r,
-            other => return Err(AgentError::Protocol(format!("{other:?} before ready"))),
-        }
-        let hello = Hello {
+    async fn handshake(&mut self, token: &str, eager: bool) -> Result<(), AgentError> {
+        let hello = Message::Hello(Hello {
             version_min: VERSION_MIN,
             version_max: VERSION_MAX,
             runner_version: env!("CARGO_PKG_VERSION").to_string(),
             token: token.to_string(),
-        };
-        self.shared.msg(CONNECTION_STREAM, &Message::Hello(hello)).await?;
+        });
+        if eager {
+            self.shared.msg(CONNECTION_STREAM, &hello).await?;
+        }
+        match self.next_conn_msg().await? {
+            Message::Ready(r) => self.ready = r,
+            other => return Err(AgentError::Protocol(format!("{other:?} before ready"))),
+        }
+        if !eager {
+            self.shared.msg(CONNECTION_STREAM, &hello).await?;
+        }
         match self.next_conn_msg().await? {
             Message::Welcome { version } => self.version = version,
             Message::Error { code, message } => return Err(AgentError::Refused { code, message }),

@@ -4,16 +4,72 @@
 //! any helper still listed in DIR/pids and removes DIR.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::prefork::Forked;
+
 pub struct Janitor {
-    child: Child,
+    child: Proc,
     dir: PathBuf,
+}
+
+/// The janitor process: spawned by exec, or forked early (prefork.rs); in
+/// both, its stdin's only writer is cordon.
+enum Proc {
+    Spawned(Child),
+    Forked(Forked, Option<OwnedFd>),
+}
+
+/// The name a forked janitor shows in /proc/PID/comm.
+pub const ZYGOTE_COMM: &std::ffi::CStr = c"cordon-janitor";
+
+/// A janitor forked from cordon's `main` (prefork.rs), which learns its
+/// directory as the first line on its stdin.
+pub struct Zygote {
+    child: Forked,
+    stdin: OwnedFd,
+}
+
+impl Zygote {
+    pub fn fork() -> std::io::Result<Zygote> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let child = Forked::spawn(&[(r.as_raw_fd(), 0)], true, zygote_main)?;
+        Ok(Zygote { child, stdin: w })
+    }
+}
+
+/// A forked janitor's start: its directory, then as `main`. End-of-file
+/// before a directory means the run ended before it made one.
+fn zygote_main() -> i32 {
+    // SAFETY: prctl with a valid NUL-terminated name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, ZYGOTE_COMM.as_ptr()) };
+    ignore_terminal_signals();
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(_) if line.ends_with('\n') => main(Path::new(line.trim_end_matches('\n'))),
+        _ => 0,
+    }
 }
 
 impl Janitor {
     pub fn start(dir: &Path) -> std::io::Result<Janitor> {
+        Self::start_with(dir, None)
+    }
+
+    /// As `start`, handing `dir` to a forked janitor when there is one.
+    pub fn start_with(dir: &Path, zygote: Option<Zygote>) -> std::io::Result<Janitor> {
+        if let Some(z) = zygote {
+            let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
+            line.push(b'\n');
+            // One write of less than PIPE_BUF bytes: whole or not at all.
+            let n = nix::unistd::write(&z.stdin, &line)?;
+            if n != line.len() {
+                return Err(std::io::Error::other("short write to the janitor"));
+            }
+            return Ok(Janitor { child: Proc::Forked(z.child, Some(z.stdin)), dir: dir.to_path_buf() });
+        }
         // This very binary, even when a rebuild or an upgrade replaced the
         // file since cordon started (its path then names the new one, or
         // nothing).
@@ -23,7 +79,7 @@ impl Janitor {
         // cordon. Without a pre_exec hook std spawns by posix_spawn (vfork),
         // not by copying cordon's address space first.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        Ok(Janitor { child: cmd.spawn()?, dir: dir.to_path_buf() })
+        Ok(Janitor { child: Proc::Spawned(cmd.spawn()?), dir: dir.to_path_buf() })
     }
 
     /// Records a helper for the janitor to kill if cordon dies first.
@@ -39,8 +95,26 @@ impl Drop for Janitor {
     fn drop(&mut self) {
         // Closing stdin tells it to clean up now; wait so the directory is
         // gone when cordon exits.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
+        match &mut self.child {
+            Proc::Spawned(c) => {
+                drop(c.stdin.take());
+                let _ = c.wait();
+            }
+            Proc::Forked(c, stdin) => {
+                drop(stdin.take());
+                c.wait_exit(std::time::Duration::MAX);
+            }
+        }
+    }
+}
+
+/// The janitor must run to completion, whatever a terminal sends.
+fn ignore_terminal_signals() {
+    // SAFETY: setting dispositions to SIG_IGN.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
 
@@ -63,12 +137,7 @@ fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>) {
 
 /// Entry point of `cordon __janitor DIR`.
 pub fn main(dir: &Path) -> ! {
-    // SAFETY: ignoring terminal signals; the janitor must run to completion.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
+    ignore_terminal_signals();
     let mut buf = [0u8; 64];
     loop {
         match std::io::stdin().read(&mut buf) {

@@ -14,6 +14,7 @@ pub mod job;
 pub mod netfilter;
 pub mod plan;
 pub mod policy;
+pub mod prefork;
 pub mod procs;
 pub mod resources;
 pub mod run;

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
             if let Some(line) = plan.network_source() {
                 cordon::term::say(&line);
             }
+            // While this process has one thread: forked helpers then cost a
+            // fork, not an exec of cordon each.
+            let pre = cordon::prefork::Prefork::for_plan(&plan);
             // One thread: PR_SET_PDEATHSIG of helpers is tied to the spawning
             // thread, which must live as long as the run.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::INTERNAL);
                 }
             };
-            let res = rt.block_on(cordon::run::run(plan));
+            let res = rt.block_on(cordon::run::run(plan, pre));
             // Never wait for blocking tasks (an artifact being staged when the
             // run was cancelled): the run is over.
             rt.shutdown_background();

@@ -31,10 +31,13 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
-/// Kills `pid` if it is still the process whose command line contains `needle`.
+/// Kills `pid` if it is still the process whose command line or name
+/// (comm, which a forked helper sets: prefork.rs) contains `needle`.
 pub fn kill_if_named(pid: u32, needle: &str) {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if !needle.is_empty() && String::from_utf8_lossy(&cmdline).contains(needle) {
+    let comm = std::fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let named = |b: &[u8]| String::from_utf8_lossy(b).contains(needle);
+    if !needle.is_empty() && (named(&cmdline) || named(&comm)) {
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }

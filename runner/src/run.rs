@@ -136,7 +136,8 @@ struct JobEnd {
     torn_down: bool,
 }
 
-pub async fn run(plan: Plan) -> Result<u8, RunError> {
+/// `pre`: the helpers `main` forked for this run (prefork.rs), or none.
+pub async fn run(plan: Plan, pre: crate::prefork::Prefork) -> Result<u8, RunError> {
     let t0 = Instant::now();
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
@@ -161,7 +162,7 @@ pub async fn run(plan: Plan) -> Result<u8, RunError> {
         }
     }
     let sandbox = tokio::select! {
-        s = start(&plan) => s?,
+        s = start(&plan, pre) => s?,
         _ = int.recv() => return Ok(exit::for_signal(libc::SIGINT)),
         _ = term.recv() => return Ok(exit::for_signal(libc::SIGTERM)),
     };
@@ -446,8 +447,8 @@ async fn recv_signal(s: &mut Option<Signal>) -> Option<()> {
     }
 }
 
-async fn start(plan: &Plan) -> Result<Sandbox, RunError> {
-    Ok(backend::start(plan, &|m: &str| say(m)).await?)
+async fn start(plan: &Plan, pre: crate::prefork::Prefork) -> Result<Sandbox, RunError> {
+    Ok(backend::start(plan, pre, &|m: &str| say(m)).await?)
 }
 
 async fn sleep_until_opt(d: Option<tokio::time::Instant>) {

@@ -106,7 +106,7 @@ async fn round_trips(count: usize) -> (Duration, Duration, usize) {
     let cordon::cli::Command::Run(a) = cli.command else { unreachable!("run parsed") };
     let mut plan = cordon::plan::Plan::from_args(&a).expect("plan");
     plan.agent = Some(static_agent());
-    let sb = cordon::backend::start(&plan, &|_| {}).await.expect("namespace sandbox");
+    let sb = cordon::backend::start(&plan, Default::default(), &|_| {}).await.expect("namespace sandbox");
     let mut samples = Vec::with_capacity(count);
     for i in 0..count + 20 {
         let t = Instant::now();

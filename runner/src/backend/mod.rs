@@ -57,14 +57,19 @@ pub fn select(isolation: crate::plan::Isolation, accel: crate::plan::AccelChoice
 }
 
 /// Starts the sandbox the plan asks for.
-pub async fn start(plan: &crate::plan::Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendError> {
+/// `pre`: the helpers `main` forked for it (prefork.rs), or none.
+pub async fn start(
+    plan: &crate::plan::Plan,
+    pre: crate::prefork::Prefork,
+    log: &dyn Fn(&str),
+) -> Result<Sandbox, BackendError> {
     let (kind, why) = select(plan.isolation, plan.accel);
     if let (Kind::Namespace, Some(why)) = (kind, &why) {
         log(&format!("isolation: namespaces, because {why}"));
     }
     match kind {
         Kind::Vm => vm::start(plan, log).await,
-        Kind::Namespace => namespace::start(plan, log).await,
+        Kind::Namespace => namespace::start(plan, pre, log).await,
         Kind::LocalAgent => local::start(plan).await,
     }
 }

@@ -135,10 +135,11 @@ impl Backend {
         match self {
             Backend::Vm if p.comm.starts_with("qemu-system") => Some("qemu"),
             Backend::Vm if p.comm.starts_with("vhost-device") => Some("vhost-device-vsock"),
-            Backend::Namespace if cmd.contains("__ns-init") => Some("ns-init"),
+            // Spawned by exec (`cordon __ns-init`) or forked and named (prefork.rs).
+            Backend::Namespace if cmd.contains("__ns-init") || p.comm == "cordon-ns-init" => Some("ns-init"),
             Backend::Namespace if p.cmdline.first().is_some_and(|a| a == "cordon-agent") => Some("agent"),
             _ if p.comm == "passt" || p.comm.starts_with("passt.") => Some("passt"),
-            _ if cmd.contains("__janitor") => Some("janitor"),
+            _ if cmd.contains("__janitor") || p.comm == "cordon-janitor" => Some("janitor"),
             _ => None,
         }
     }

@@ -156,7 +156,75 @@ fn prepare(sync: &mut UnixStream, plan: &RootPlan, _: CloneFlags) {
     }
 }
 
-/// The entry point of `cordon __ns-init`.
+/// ns-init forked from cordon's `main` (prefork.rs) rather than exec'd:
+/// it waits for its log and spec on the sync socket like an exec'd one.
+pub struct Zygote {
+    pub child: crate::prefork::Forked,
+    /// cordon's ends of the control and sync sockets.
+    pub control: UnixStream,
+    pub sync: UnixStream,
+}
+
+/// The name a forked ns-init shows in /proc/PID/comm (the janitor's check
+/// before it kills a tracked pid; see `procs::kill_if_named`).
+pub const ZYGOTE_COMM: &std::ffi::CStr = c"cordon-ns-init";
+
+impl Zygote {
+    pub fn fork() -> std::io::Result<Zygote> {
+        let (control, control_theirs) = UnixStream::pair()?;
+        let (sync, sync_theirs) = UnixStream::pair()?;
+        let fds = [(control_theirs.as_raw_fd(), CONTROL_FD), (sync_theirs.as_raw_fd(), SYNC_FD)];
+        let child = crate::prefork::Forked::spawn(&fds, false, || {
+            // SAFETY: prctl with a valid NUL-terminated name.
+            unsafe { libc::prctl(libc::PR_SET_NAME, ZYGOTE_COMM.as_ptr()) };
+            main()
+        })?;
+        Ok(Zygote { child, control, sync })
+    }
+}
+
+/// cordon's first message on the sync socket: one byte, with ns-init's log
+/// file as SCM_RIGHTS (a forked ns-init exists before the run's directory).
+pub fn send_log(sync: &UnixStream, log: &std::fs::File) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [log.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"L")];
+    sendmsg::<()>(sync.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives `send_log`'s file and makes it stdout and stderr. A single byte
+/// is read, so nothing of the spec after it is taken.
+fn recv_log(sync: &mut UnixStream) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let msg = match recvmsg::<()>(sync.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(m) if m.bytes == 1 => m,
+        // cordon went away before the run began (or sent nothing usable).
+        _ => std::process::exit(1),
+    };
+    let mut log = None;
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel just gave us this descriptor.
+                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                log.get_or_insert(owned);
+            }
+        }
+    }
+    if let Some(log) = log {
+        // SAFETY: dup2 onto stdout and stderr from a descriptor we own.
+        unsafe {
+            libc::dup2(log.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// The entry point of `cordon __ns-init`, and of a forked ns-init.
 pub fn main() -> ! {
     // Only stdio, the control socket and the sync socket go on: a descriptor
     // cordon's launcher leaked (a socket of the host's network, a directory)
@@ -170,6 +238,7 @@ pub fn main() -> ! {
     let parent = unsafe { libc::getppid() };
     // SAFETY: cordon passes the sync socket as fd 4; nothing else owns it.
     let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
+    recv_log(&mut sync);
     let mut pending = Vec::new();
     let spec: Spec = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
         Ok(Ok(s)) => s,

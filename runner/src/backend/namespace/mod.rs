@@ -25,6 +25,7 @@ use super::{find_agent, new_token, BackendError, Sandbox};
 use crate::agent::AgentClient;
 use crate::janitor::Janitor;
 use crate::plan::{Plan, RootfsChoice};
+use crate::prefork::Prefork;
 use confine::Layer;
 use init::{Report, Spec};
 
@@ -46,8 +47,39 @@ pub fn tun_usable() -> Result<(), String> {
     access("/dev/net/tun", AccessFlags::R_OK | AccessFlags::W_OK).map_err(|e| format!("/dev/net/tun: {e}"))
 }
 
+/// ns-init: forked early (prefork.rs), or spawned by exec.
+enum InitProc {
+    Forked(crate::prefork::Forked),
+    Spawned(tokio::process::Child),
+}
+
+impl InitProc {
+    fn kill(&mut self) {
+        match self {
+            InitProc::Forked(c) => c.kill(),
+            InitProc::Spawned(c) => {
+                let _ = c.start_kill();
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        match self {
+            InitProc::Forked(c) => c.wait_exit(limit),
+            InitProc::Spawned(c) => crate::procs::wait_exit(c, limit),
+        }
+    }
+
+    fn id(&self) -> Option<u32> {
+        match self {
+            InitProc::Forked(c) => Some(c.id()),
+            InitProc::Spawned(c) => c.id(),
+        }
+    }
+}
+
 struct Guard {
-    init: Option<tokio::process::Child>,
+    init: Option<InitProc>,
     link: Option<crate::netfilter::gated::GatedLink>,
     tap_pump: Option<tokio::task::JoinHandle<()>>,
     cgroup: Option<cgroup::SandboxCgroup>,
@@ -55,9 +87,15 @@ struct Guard {
     janitor: Option<Janitor>,
     /// Keeps the userland image from being removed while the sandbox runs.
     _image: Option<crate::image::userland::InUse>,
+    /// The agent acknowledged Shutdown: PID 1 is exiting by itself.
+    acked: bool,
 }
 
 impl super::SandboxGuard for Guard {
+    fn shutdown_acked(&mut self) {
+        self.acked = true;
+    }
+
     fn oom_kills(&self) -> Option<u64> {
         self.cgroup.as_ref().map(|c| c.oom_kills())
     }
@@ -72,9 +110,16 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // ns-init's death takes PID 1 with it (PR_SET_PDEATHSIG), and with PID
         // 1 the whole PID namespace; the cgroup catches anything in between.
+        // After an acknowledged Shutdown PID 1 exits by itself, and ns-init
+        // exits once it has reaped it, which is after the kernel reaped
+        // every other process of the PID namespace: then the cgroup is
+        // already empty, and its removal needs no polling. Killing ns-init
+        // first would leave PID 1 still dying while the cgroup is polled.
         if let Some(mut c) = self.init.take() {
-            let _ = c.start_kill();
-            crate::procs::wait_exit(&mut c, Duration::from_secs(2));
+            if !(self.acked && c.wait_exit(Duration::from_secs(1))) {
+                c.kill();
+            }
+            c.wait_exit(Duration::from_secs(2));
         }
         // Dropping the cgroup kills what is left in it, waits for it to
         // empty and removes it.
@@ -92,7 +137,7 @@ fn spawn_err(what: &str) -> impl Fn(std::io::Error) -> BackendError + '_ {
     move |source| BackendError::Spawn { what: what.to_string(), source }
 }
 
-pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendError> {
+pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sandbox, BackendError> {
     let root = nix::unistd::geteuid().is_root();
     if plan.gated() {
         // Fail closed: a policy other than off/none needs the tap and the gate.
@@ -118,7 +163,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         .tempdir()
         .map_err(spawn_err("temp dir"))?;
     let d = dir.path().to_path_buf();
-    let janitor = Janitor::start(&d).map_err(spawn_err("janitor"))?;
+    let janitor = Janitor::start_with(&d, pre.janitor).map_err(spawn_err("janitor"))?;
     let mut guard = Guard {
         init: None,
         link: None,
@@ -127,6 +172,7 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         dir: Some(dir),
         janitor: Some(janitor),
         _image: image_hold,
+        acked: false,
     };
     let (uid_base, map_len) = if root { (root_map_base(), 0x1_0000) } else { (nix::unistd::getuid().as_raw(), 1) };
     let gid_base = if root { uid_base } else { nix::unistd::getgid().as_raw() };
@@ -176,23 +222,31 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         cgroup_v2: None,
     };
 
-    let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
-    let (mut sync_ours, sync_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
-    let mut cmd = std::process::Command::new(crate::procs::SELF_EXE);
-    cmd.arg("__ns-init").stdin(Stdio::null()).env_clear();
     let logf = std::fs::File::create(d.join("ns.log")).map_err(spawn_err("ns.log"))?;
-    cmd.stdout(logf.try_clone().map_err(spawn_err("ns.log"))?).stderr(logf);
-    crate::procs::pass_fd(&mut cmd, control_theirs.as_raw_fd(), init::CONTROL_FD);
-    crate::procs::pass_fd(&mut cmd, sync_theirs.as_raw_fd(), init::SYNC_FD);
-    crate::procs::die_with_parent(&mut cmd);
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let child = cmd.spawn().map_err(spawn_err("cordon __ns-init"))?;
-    drop((control_theirs, sync_theirs));
+    let (child, control_ours, mut sync_ours) = match pre.ns_init {
+        Some(z) => (InitProc::Forked(z.child), z.control, z.sync),
+        None => {
+            let (control_ours, control_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
+            let (sync_ours, sync_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
+            let mut cmd = std::process::Command::new(crate::procs::SELF_EXE);
+            cmd.arg("__ns-init").stdin(Stdio::null()).env_clear();
+            cmd.stdout(logf.try_clone().map_err(spawn_err("ns.log"))?)
+                .stderr(logf.try_clone().map_err(spawn_err("ns.log"))?);
+            crate::procs::pass_fd(&mut cmd, control_theirs.as_raw_fd(), init::CONTROL_FD);
+            crate::procs::pass_fd(&mut cmd, sync_theirs.as_raw_fd(), init::SYNC_FD);
+            crate::procs::die_with_parent(&mut cmd);
+            let mut cmd = tokio::process::Command::from(cmd);
+            cmd.kill_on_drop(true);
+            let child = cmd.spawn().map_err(spawn_err("cordon __ns-init"))?;
+            (InitProc::Spawned(child), control_ours, sync_ours)
+        }
+    };
     if let (Some(j), Some(pid)) = (&guard.janitor, child.id()) {
         j.track(pid, "ns-init");
     }
     guard.init = Some(child);
+    init::send_log(&sync_ours, &logf).map_err(spawn_err("ns-init"))?;
+    drop(logf);
     // ns-init starts (exec, loading) while the cgroup is made; it joins the
     // cgroup itself (cgjoin.rs), first thing once it has the spec.
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
@@ -236,7 +290,11 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
 
     control_ours.set_nonblocking(true).map_err(spawn_err("socketpair"))?;
     let stream = tokio::net::UnixStream::from_std(control_ours).map_err(spawn_err("socketpair"))?;
-    let client = AgentClient::connect(stream, &token, Duration::from_secs(20)).await.map_err(BackendError::Connect)?;
+    // The socketpair's other end is the agent's alone (PID 1 got it from
+    // ns-init): Hello may go before Ready.
+    let client = AgentClient::connect_with(stream, &token, Duration::from_secs(20), true)
+        .await
+        .map_err(BackendError::Connect)?;
     let description = describe(&layers);
     Ok(Sandbox { client, description, scratch: d, guard: Box::new(guard) })
 }
