@@ -26,20 +26,19 @@ pub struct Prefork {
 }
 
 impl Prefork {
-    /// Forks the helpers the backend `plan` selects will need: the janitor
-    /// (both backends) and ns-init (namespaces). Nothing where this process
+    /// Forks the helpers the namespace backend will need, when `plan`
+    /// selects it: the janitor and ns-init. Nothing where this process
     /// has threads already; a fork that fails leaves that helper to be
     /// spawned later, so a run never fails here.
     pub fn for_plan(plan: &crate::plan::Plan) -> Prefork {
         use crate::backend::Kind;
+        // The VM's helpers are other programs (QEMU, passt), spawned as ever.
         let (kind, _) = crate::backend::select(plan.isolation, plan.accel);
-        if kind == Kind::LocalAgent || !single_threaded() {
+        if kind != Kind::Namespace || !single_threaded() {
             return Prefork::default();
         }
         let janitor = JanitorZygote::fork().inspect_err(|e| tracing::debug!(error = %e, "forking the janitor")).ok();
-        let ns_init = (kind == Kind::Namespace)
-            .then(|| NsInitZygote::fork().inspect_err(|e| tracing::debug!(error = %e, "forking ns-init")).ok())
-            .flatten();
+        let ns_init = NsInitZygote::fork().inspect_err(|e| tracing::debug!(error = %e, "forking ns-init")).ok();
         Prefork { ns_init, janitor }
     }
 }
@@ -53,7 +52,8 @@ pub fn single_threaded() -> bool {
     rest.split_whitespace().nth(17) == Some("1")
 }
 
-/// A child forked by `Forked::spawn`, reaped through `wait_exit`.
+/// A child forked by `Forked::spawn`, reaped through `wait_exit`; one
+/// dropped unreaped (a helper the run never used) is killed and reaped.
 pub struct Forked {
     pid: libc::pid_t,
     pidfd: Option<OwnedFd>,
@@ -135,6 +135,15 @@ impl Forked {
                 }
                 None => std::thread::sleep(Duration::from_millis(1)),
             }
+        }
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if !self.exited {
+            self.kill();
+            self.wait_exit(Duration::from_secs(5));
         }
     }
 }
