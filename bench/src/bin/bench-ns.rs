@@ -24,10 +24,28 @@ struct Args {
 }
 
 fn time_cmd(cmd: &mut Command) -> Duration {
+    timed(cmd).0
+}
+
+/// CPU time (user + system) of this process's waited-for descendants so far:
+/// a run's whole tree, each process reaped by its parent in turn.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid rusage for getrusage to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Wall time and CPU time of `cmd`'s whole process tree. CPU time barely
+/// moves with other load on the machine; wall time does.
+fn timed(cmd: &mut Command) -> (Duration, Duration) {
+    let cpu0 = children_cpu();
     let t = Instant::now();
     let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).status().expect("spawn");
     assert!(st.success(), "{cmd:?} failed: {st}");
-    t.elapsed()
+    (t.elapsed(), children_cpu() - cpu0)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -61,12 +79,21 @@ fn main() {
     time_cmd(&mut cordon_true());
     time_cmd(&mut bwrap_true());
     let (mut c, mut b, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut c_cpu, mut b_cpu) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
-        c.push(time_cmd(&mut cordon_true()));
-        b.push(time_cmd(&mut bwrap_true()));
+        let (wall, cpu) = timed(&mut cordon_true());
+        c.push(wall);
+        c_cpu.push(cpu);
+        let (wall, cpu) = timed(&mut bwrap_true());
+        b.push(wall);
+        b_cpu.push(cpu);
         t.push(time_cmd(&mut Command::new("true")));
     }
     let (c, b, t) = (median(c), median(b), median(t));
+    let (c_cpu, b_cpu) = (median(c_cpu), median(b_cpu));
+    // SAFETY: getloadavg fills up to 3 doubles of the array it is given.
+    let mut load = [0f64; 3];
+    unsafe { libc::getloadavg(load.as_mut_ptr(), 3) };
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (p50, p99, n) = rt.block_on(round_trips(args.round_trips));
@@ -89,6 +116,10 @@ fn main() {
         "run_true_median_ms": {"cordon_namespace": ms(c), "bwrap_unshare_all": ms(b), "plain_true": ms(t)},
         "ratio_cordon_vs_bwrap": ratio(c, b),
         "target_ratio_vs_bwrap": 1.5,
+        // The whole process tree's CPU time per run (median).
+        "run_true_cpu_median_ms": {"cordon_namespace": ms(c_cpu), "bwrap_unshare_all": ms(b_cpu)},
+        "cpu_ratio_cordon_vs_bwrap": ratio(c_cpu, b_cpu),
+        "load_average_1m_at_end": (load[0] * 100.0).round() / 100.0,
         "round_trip_true": {"n": n, "p50_ms": ms(p50), "p99_ms": ms(p99)},
         "stdout_throughput": {
             "bytes": BYTES,
