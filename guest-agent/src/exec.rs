@@ -88,6 +88,7 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
             return;
         }
     };
+    tracing::debug!(stream, spawn_us = started.elapsed().as_micros() as u64, "spawned");
     ctx.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     out.msg(stream, &Message::Started { pid: sp.tree.pgid as u32 }).await;
 

@@ -9,6 +9,7 @@ mod exec;
 mod fdio;
 mod init;
 mod listen;
+mod netconf;
 mod outbox;
 mod reaper;
 mod server;
@@ -96,6 +97,7 @@ fn main() {
 
 fn pid1_main(t0: Instant) -> ! {
     init::mount_all();
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mounted");
     init::protect_from_oom();
     let kernel_ms = init::uptime_ms().map(|u| u.saturating_sub(t0.elapsed().as_millis() as u64));
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -103,8 +105,10 @@ fn pid1_main(t0: Instant) -> ! {
     init::load_modules(&init::module_list(&params), &cmdline);
     init::set_hostname(params.hostname.as_deref().unwrap_or("cordon"));
     init::loopback_up();
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "modules, hostname, loopback");
     if let Some(net) = &params.net {
         init::configure_net(net);
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "network configured");
     }
     if let Some(fs) = params.root {
         if let Err(e) = diskroot::enter(fs) {
@@ -115,7 +119,7 @@ fn pid1_main(t0: Instant) -> ! {
             init::write_resolv(net);
         }
     }
-    tracing::debug!("init done");
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "init done");
     let listen = match params.listen.as_deref().unwrap_or("vsock:1024").parse::<Listen>() {
         Ok(l) => l,
         Err(e) => {
@@ -125,6 +129,7 @@ fn pid1_main(t0: Instant) -> ! {
     };
     let cgroups = tree::CgroupRoot::probe(std::path::Path::new("/sys/fs/cgroup"));
     let token = token::from_fw_cfg().unwrap_or_default();
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "cgroups probed, token read");
     if let Err(e) = serve(listen, token, Some("/tmp".into()), cgroups, kernel_ms, t0) {
         eprintln!("cordon-agent: {e}");
     }
@@ -144,7 +149,7 @@ fn serve(
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    tracing::debug!("runtime built");
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "runtime built");
     rt.block_on(async move {
         let reaper = reaper::Reaper::start();
         let mut capabilities = vec!["exec", "pty", "archive", "signal"];
