@@ -397,6 +397,7 @@ async fn wait_ready(
     let connect = async {
         if needs_marker {
             console.wait_listening().await;
+            tracing::debug!("agent listening");
         }
         loop {
             match connect_once(control, dir).await {
