@@ -34,6 +34,10 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 pub struct ExecCtx {
     pub reaper: Arc<Reaper>,
     pub cgroups: Option<CgroupRoot>,
+    /// Turns true once the VM's setup that only steps need (hostname,
+    /// loopback, network) is done; every exec waits for it. None: nothing
+    /// to wait for.
+    pub setup: Option<watch::Receiver<bool>>,
     /// PID 1 of a PID namespace without per-exec cgroups (the namespace
     /// backend): when an exec ends and no other runs, everything else in the
     /// namespace is killed, so a step's setsid'd daemon cannot outlive it.
@@ -79,6 +83,9 @@ struct Spawned {
 
 pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
     let ExecIo { out, stream, stdout_win, stderr_win, stdin, stdin_inflight, mut signals, mut closed } = io;
+    if let Some(mut setup) = ctx.setup.clone() {
+        let _ = setup.wait_for(|done| *done).await;
+    }
     let started = Instant::now();
     let oom_before = vmstat_oom_kills();
     let mut sp = match spawn(&ctx, &req) {
@@ -88,6 +95,7 @@ pub async fn run(ctx: Arc<ExecCtx>, req: Exec, io: ExecIo) {
             return;
         }
     };
+    tracing::debug!(stream, spawn_us = started.elapsed().as_micros() as u64, "spawned");
     ctx.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     out.msg(stream, &Message::Started { pid: sp.tree.pgid as u32 }).await;
 

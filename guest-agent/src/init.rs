@@ -165,12 +165,15 @@ pub fn loopback_up() {
 }
 
 /// Configures the first non-loopback interface from a `cordon.net` spec
-/// with busybox `ip`, and writes /etc/resolv.conf.
+/// (see netconf.rs), and writes /etc/resolv.conf.
 pub fn configure_net(spec: &cordon_protocol::boot::NetSpec) {
-    // The MTU is explicit: the gate refuses larger frames, so the interface
-    // must not send them (virtio-net's default is 1500 too, but the gate's
-    // limit should not rest on a default).
-    let mtu = spec.mtu.map(|m| m.to_string());
+    let addrs = match crate::netconf::Addrs::from_spec(spec) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cordon.net not applied");
+            return;
+        }
+    };
     let mut dev = None;
     for _ in 0..200 {
         dev = std::fs::read_dir("/sys/class/net")
@@ -190,21 +193,15 @@ pub fn configure_net(spec: &cordon_protocol::boot::NetSpec) {
     for (k, v) in [("accept_dad", "0"), ("accept_ra", "0"), ("autoconf", "0")] {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/{k}"), v);
     }
-    let ip = |args: &[&str]| {
-        let st = std::process::Command::new("ip").args(args).env("PATH", crate::exec::DEFAULT_PATH).status();
-        if !matches!(st, Ok(s) if s.success()) {
-            tracing::warn!(?args, "ip command failed");
+    // The MTU is explicit: the gate refuses larger frames, so the interface
+    // must not send them (virtio-net's default is 1500 too, but the gate's
+    // limit should not rest on a default).
+    if let Err(e) = crate::netconf::configure(&dev, &addrs) {
+        let mut msg = e.to_string();
+        if let Some(s) = std::error::Error::source(&e) {
+            msg.push_str(&format!(": {s}"));
         }
-    };
-    if let Some(mtu) = &mtu {
-        ip(&["link", "set", &dev, "mtu", mtu]);
-    }
-    ip(&["link", "set", &dev, "up"]);
-    ip(&["addr", "add", &spec.addr4, "dev", &dev]);
-    ip(&["route", "add", "default", "via", &spec.gateway4]);
-    if let Some((addr6, gw6)) = &spec.v6 {
-        ip(&["-6", "addr", "add", addr6, "dev", &dev]);
-        ip(&["-6", "route", "add", "default", "via", gw6]);
+        tracing::warn!(error = %msg, "configuring the network failed");
     }
     write_resolv(spec);
 }

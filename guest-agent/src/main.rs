@@ -9,6 +9,7 @@ mod exec;
 mod fdio;
 mod init;
 mod listen;
+mod netconf;
 mod outbox;
 mod reaper;
 mod server;
@@ -79,7 +80,7 @@ fn main() {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let cgroups = args.cgroup_root.as_deref().and_then(tree::CgroupRoot::probe);
-    let code = match serve(listen, token.unwrap_or_default(), args.spool_dir, cgroups, None, t0) {
+    let code = match serve(listen, token.unwrap_or_default(), args.spool_dir, cgroups, None, None, t0) {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("cordon-agent: {e}");
@@ -96,16 +97,37 @@ fn main() {
 
 fn pid1_main(t0: Instant) -> ! {
     init::mount_all();
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mounted");
     init::protect_from_oom();
     let kernel_ms = init::uptime_ms().map(|u| u.saturating_sub(t0.elapsed().as_millis() as u64));
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = init::BootParams::parse(&cmdline);
     init::load_modules(&init::module_list(&params), &cmdline);
-    init::set_hostname(params.hostname.as_deref().unwrap_or("cordon"));
-    init::loopback_up();
-    if let Some(net) = &params.net {
-        init::configure_net(net);
-    }
+    // Hostname, loopback and the NIC matter to steps, not to the agent: with
+    // no userland to enter first they are set on a thread while the agent
+    // starts listening and the runner connects, and every exec waits for
+    // them (ExecCtx::setup).
+    let (hostname, net) = (params.hostname.clone().unwrap_or_else(|| "cordon".into()), params.net.clone());
+    let setup = move || {
+        init::set_hostname(&hostname);
+        init::loopback_up();
+        if let Some(net) = &net {
+            init::configure_net(net);
+        }
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "hostname, loopback, network");
+    };
+    let setup = if params.root.is_none() {
+        match std::thread::Builder::new().name("setup".into()).spawn(setup) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("cordon-agent: no setup thread: {e}");
+                init::power_off(params.reboot_to_halt);
+            }
+        }
+    } else {
+        setup();
+        None
+    };
     if let Some(fs) = params.root {
         if let Err(e) = diskroot::enter(fs) {
             eprintln!("cordon-agent: entering the image's userland: {e}");
@@ -115,7 +137,7 @@ fn pid1_main(t0: Instant) -> ! {
             init::write_resolv(net);
         }
     }
-    tracing::debug!("init done");
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "init done");
     let listen = match params.listen.as_deref().unwrap_or("vsock:1024").parse::<Listen>() {
         Ok(l) => l,
         Err(e) => {
@@ -125,7 +147,8 @@ fn pid1_main(t0: Instant) -> ! {
     };
     let cgroups = tree::CgroupRoot::probe(std::path::Path::new("/sys/fs/cgroup"));
     let token = token::from_fw_cfg().unwrap_or_default();
-    if let Err(e) = serve(listen, token, Some("/tmp".into()), cgroups, kernel_ms, t0) {
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "cgroups probed, token read");
+    if let Err(e) = serve(listen, token, Some("/tmp".into()), cgroups, setup, kernel_ms, t0) {
         eprintln!("cordon-agent: {e}");
     }
     init::power_off(params.reboot_to_halt)
@@ -136,6 +159,7 @@ fn serve(
     token: String,
     spool_dir: Option<PathBuf>,
     cgroups: Option<tree::CgroupRoot>,
+    setup: Option<std::thread::JoinHandle<()>>,
     kernel_boot_ms: Option<u64>,
     t0: Instant,
 ) -> Result<server::Outcome, listen::ListenError> {
@@ -144,9 +168,19 @@ fn serve(
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    tracing::debug!("runtime built");
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "runtime built");
     rt.block_on(async move {
         let reaper = reaper::Reaper::start();
+        let setup = setup.map(|h| {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            // Done even if it panicked (PID 1's panic hook powers off anyway):
+            // no exec may wait forever.
+            tokio::task::spawn_blocking(move || {
+                let _ = h.join();
+                let _ = tx.send(true);
+            });
+            rx
+        });
         let mut capabilities = vec!["exec", "pty", "archive", "signal"];
         if let Some(root) = &cgroups {
             capabilities.push("cgroup");
@@ -158,6 +192,7 @@ fn serve(
             exec: Arc::new(exec::ExecCtx {
                 reaper,
                 cgroups,
+                setup,
                 sweep_namespace: std::process::id() == 1 && std::env::var_os(cordon_protocol::boot::MODE_ENV).is_some(),
                 running: Default::default(),
             }),

@@ -10,8 +10,9 @@
 //! Stages of a run, from `cordon run --json` with cordon's vm log at debug:
 //! the guest's uptime when the agent started (`kernel_boot_ms`: firmware
 //! and kernel), the agent's start to ready (`agent_start_ms`: init), QEMU's
-//! spawn to the agent's ready (host clock: the two log lines' arrival) and
-//! ready to the first output byte (host clock).
+//! spawn to the agent's listening marker (seen only with vhost-user vsock)
+//! and to its ready (host clock: the log lines' arrival) and ready to the
+//! first output byte (host clock).
 
 use clap::Parser;
 use cordon::agent::ExecEvent;
@@ -76,6 +77,11 @@ struct Run {
     before_qemu: Duration,
     /// "starting qemu" to "agent ready".
     qemu_to_ready: Duration,
+    /// "starting qemu" to "agent listening" (the console marker bare QEMU's
+    /// time is measured to), and from there to "agent ready" (the connect
+    /// and handshake).
+    qemu_to_marker: Option<Duration>,
+    marker_to_ready: Option<Duration>,
     /// "agent ready" to the first output byte.
     ready_to_first: Duration,
     kernel_boot_ms: u64,
@@ -95,17 +101,19 @@ fn cordon_run(accel: &str, kernel: KernelChoice) -> Run {
     // just before the spawn and "agent ready" as the agent's Ready arrives.
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || {
-        let (mut spawn, mut ready, mut all) = (None, None, String::new());
+        let (mut spawn, mut marker, mut ready, mut all) = (None, None, None, String::new());
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if spawn.is_none() && line.contains("starting qemu") {
                 spawn = Some(Instant::now());
+            } else if marker.is_none() && line.contains("agent listening") {
+                marker = Some(Instant::now());
             } else if ready.is_none() && line.contains("agent ready") {
                 ready = Some(Instant::now());
             }
             all.push_str(&line[..line.len().min(300)]);
             all.push('\n');
         }
-        (spawn, ready, all)
+        (spawn, marker, ready, all)
     });
     let (mut first, mut boot) = (None, None);
     for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
@@ -121,7 +129,7 @@ fn cordon_run(accel: &str, kernel: KernelChoice) -> Run {
     }
     let status = child.wait().unwrap();
     let whole = t.elapsed();
-    let (spawn, ready, log) = log.join().unwrap();
+    let (spawn, marker, ready, log) = log.join().unwrap();
     assert!(status.success(), "cordon run failed ({status}):\n{log}");
     let (Some(first), Some(spawn), Some(ready), Some((kernel_boot_ms, agent_start_ms))) = (first, spawn, ready, boot)
     else {
@@ -132,6 +140,8 @@ fn cordon_run(accel: &str, kernel: KernelChoice) -> Run {
         whole,
         before_qemu: spawn - t,
         qemu_to_ready: ready.saturating_duration_since(spawn),
+        qemu_to_marker: marker.map(|m| m.saturating_duration_since(spawn)),
+        marker_to_ready: marker.map(|m| ready.saturating_duration_since(m)),
         ready_to_first: first.saturating_duration_since(ready),
         kernel_boot_ms,
         agent_start_ms,
@@ -224,6 +234,11 @@ impl Samples {
             median_u64(&self.runs.iter().map(|r| r.kernel_boot_ms).collect::<Vec<_>>()),
             median_u64(&self.runs.iter().map(|r| r.agent_start_ms).collect::<Vec<_>>()),
         );
+        // The median of the runs that have the stage; null when none has.
+        let pick_some = |f: fn(&Run) -> Option<Duration>| {
+            let v: Vec<Duration> = self.runs.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| ms(median(&v)))
+        };
         let min = |v: Vec<Duration>| ms(v.into_iter().min().unwrap_or_default());
         serde_json::json!({
             "kernel_release": image.meta.kernel_release,
@@ -239,6 +254,8 @@ impl Samples {
                 "init_agent_start_to_ready_guest": init,
                 "cordon_start_to_qemu_spawn_host": ms(pick(|r| r.before_qemu)),
                 "qemu_spawn_to_agent_ready_host": ms(pick(|r| r.qemu_to_ready)),
+                "qemu_spawn_to_listening_marker_host": pick_some(|r| r.qemu_to_marker),
+                "listening_marker_to_agent_ready_host": pick_some(|r| r.marker_to_ready),
                 "ready_to_first_output_byte_host": ms(pick(|r| r.ready_to_first)),
             },
         })

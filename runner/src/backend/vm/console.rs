@@ -29,6 +29,8 @@ pub struct Console {
     /// Bytes seen in all, kept or not.
     total: AtomicU64,
     listening: AtomicBool,
+    /// Wakes [`Console::wait_listening`] when the marker passes.
+    listening_wake: tokio::sync::Notify,
     panic: OnceLock<&'static str>,
     /// The tail of the previous chunk, so a marker split across reads is found.
     carry: Mutex<Vec<u8>>,
@@ -41,6 +43,7 @@ impl Console {
             cap,
             total: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            listening_wake: tokio::sync::Notify::new(),
             panic: OnceLock::new(),
             carry: Mutex::new(Vec::new()),
         }
@@ -75,8 +78,8 @@ impl Console {
             let mut carry = self.carry.lock().expect("console lock poisoned");
             carry.extend_from_slice(b);
             let text = String::from_utf8_lossy(&carry);
-            if text.contains(AGENT_LISTENING) {
-                self.listening.store(true, Ordering::Release);
+            if text.contains(AGENT_LISTENING) && !self.listening.swap(true, Ordering::AcqRel) {
+                self.listening_wake.notify_waiters();
             }
             if let Some(m) = PANIC_MARKERS.iter().find(|m| text.contains(**m)) {
                 let _ = self.panic.set(m);
@@ -95,6 +98,20 @@ impl Console {
     /// Whether the agent said its listener is up.
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the agent said its listener is up (at once if it has).
+    pub async fn wait_listening(&self) {
+        loop {
+            let woken = self.listening_wake.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a marker between the two still wakes it.
+            woken.as_mut().enable();
+            if self.listening() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// The panic marker the guest printed, if any.
@@ -182,6 +199,21 @@ mod tests {
         c.push(b"[ 1.0] Kernel pa");
         c.push(b"nic - not syncing\n");
         assert_eq!(c.panicked(), Some("Kernel panic"));
+    }
+
+    #[tokio::test]
+    async fn test_wait_listening_wakes_on_the_marker() {
+        let c = std::sync::Arc::new(Console::new(1024));
+        let waiter = tokio::spawn({
+            let c = c.clone();
+            async move { c.wait_listening().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let c2 = c.clone();
+        std::thread::spawn(move || c2.push(b"cordon-agent: listening on vsock:1024\n")).join().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        c.wait_listening().await;
     }
 
     #[test]

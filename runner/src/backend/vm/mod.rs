@@ -196,27 +196,12 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
                 .arg(format!("guest-cid=3,socket={},uds-path={}", sock.display(), d.join("vsock.sock").display()))
                 .stdin(Stdio::null());
             log_to(&mut cmd, &d, "vhost-device-vsock.log")?;
-            let mut child = spawn(cmd, "vhost-device-vsock")?;
+            let child = spawn(cmd, "vhost-device-vsock")?;
             if let (Some(j), Some(pid)) = (&guard.janitor, child.id()) {
                 j.track(pid, "vhost-device-vsock");
             }
-            let until = Instant::now() + Duration::from_secs(10);
-            while !sock.exists() {
-                if let Ok(Some(st)) = child.try_wait() {
-                    let why = std::fs::read_to_string(d.join("vhost-device-vsock.log")).unwrap_or_default();
-                    return Err(BackendError::Boot {
-                        why: format!("vhost-device-vsock exited ({st}): {}", why.trim()),
-                        console: String::new(),
-                    });
-                }
-                if Instant::now() > until {
-                    return Err(BackendError::Boot {
-                        why: "vhost-device-vsock did not create its socket within 10s".into(),
-                        console: String::new(),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            // Its socket is awaited just before QEMU needs it: the daemon
+            // starts while the rest of the VM is prepared.
             guard.daemon = Some(child);
             (Control::VhostUserVsock { socket: sock }, format!("vsock:{AGENT_PORT}"))
         }
@@ -312,6 +297,9 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
         sandbox: caps.seccomp,
         disks,
     };
+    if let (Control::VhostUserVsock { socket }, Some(daemon)) = (&control, guard.daemon.as_mut()) {
+        wait_daemon_socket(daemon, socket, &d).await?;
+    }
     let mut cmd = std::process::Command::new(&qemu_bin);
     cmd.args(args::qemu_args(&cfg)).stdin(Stdio::null());
     log_to(&mut cmd, &d, "qemu.log")?;
@@ -363,6 +351,29 @@ pub async fn start(plan: &Plan, log: &dyn Fn(&str)) -> Result<Sandbox, BackendEr
     Ok(Sandbox { client, description, scratch: d.clone(), guard: Box::new(guard) })
 }
 
+/// Waits for vhost-device-vsock to create its socket (QEMU connects to it
+/// at startup), watching the daemon.
+async fn wait_daemon_socket(daemon: &mut tokio::process::Child, sock: &Path, dir: &Path) -> Result<(), BackendError> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if let Ok(Some(st)) = daemon.try_wait() {
+            let why = std::fs::read_to_string(dir.join("vhost-device-vsock.log")).unwrap_or_default();
+            return Err(BackendError::Boot {
+                why: format!("vhost-device-vsock exited ({st}): {}", why.trim()),
+                console: String::new(),
+            });
+        }
+        if Instant::now() > until {
+            return Err(BackendError::Boot {
+                why: "vhost-device-vsock did not create its socket within 10s".into(),
+                console: String::new(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
 async fn connect_once(control: &Control, dir: &Path) -> std::io::Result<Option<Box<dyn Io>>> {
     match control {
         Control::VhostUserVsock { .. } => control::try_vhost_user(&dir.join("vsock.sock"), AGENT_PORT).await,
@@ -385,9 +396,8 @@ async fn wait_ready(
     let needs_marker = matches!(control, Control::VhostUserVsock { .. });
     let connect = async {
         if needs_marker {
-            while !console.listening() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            console.wait_listening().await;
+            tracing::debug!("agent listening");
         }
         loop {
             match connect_once(control, dir).await {
