@@ -403,7 +403,12 @@ async fn wait_ready(
             match connect_once(control, dir).await {
                 Ok(Some(io)) => {
                     let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-                    return AgentClient::connect(io, token, left).await.map_err(BackendError::Connect);
+                    // Over vsock the connection is the listening agent's once
+                    // it is accepted, and nothing else runs in the guest yet:
+                    // Hello may go before Ready (a one-way trip saved). A
+                    // serial port may drop what comes before the agent reads.
+                    let eager = !matches!(control, Control::Serial { .. });
+                    return AgentClient::connect_with(io, token, left, eager).await.map_err(BackendError::Connect);
                 }
                 Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(e) => return Err(BackendError::Spawn { what: "control channel".into(), source: e }),
