@@ -12,8 +12,8 @@
 //! spawn their helpers by exec as before.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use crate::backend::namespace::init::Zygote as NsInitZygote;
 use crate::janitor::Zygote as JanitorZygote;
@@ -90,7 +90,7 @@ impl Forked {
             // handlers a second time.
             unsafe { libc::_exit(code) };
         }
-        Ok(Forked { pid, pidfd: pidfd_open(pid), exited: false })
+        Ok(Forked { pid, pidfd: crate::procs::pidfd_open(pid as u32), exited: false })
     }
 
     pub fn id(&self) -> u32 {
@@ -105,37 +105,19 @@ impl Forked {
         }
     }
 
-    /// Waits up to `limit` for it to exit, and reaps it; whether it did.
-    /// Woken by its pidfd the moment it exits (polling only on kernels
-    /// before 5.3, which have none).
+    /// Waits up to `limit` (Duration::MAX: no limit) for it to exit, and
+    /// reaps it; whether it did.
     pub fn wait_exit(&mut self, limit: Duration) -> bool {
-        // Duration::MAX: no limit.
-        let until = Instant::now().checked_add(limit);
-        loop {
-            if self.exited {
-                return true;
+        let (pid, exited) = (self.pid, &mut self.exited);
+        crate::procs::wait_until(self.pidfd.as_ref(), limit, || {
+            if !*exited {
+                let mut status = 0;
+                // SAFETY: waitpid on our own child with a valid status pointer.
+                let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                *exited = r == pid || (r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD));
             }
-            let mut status = 0;
-            // SAFETY: waitpid on our own child with a valid status pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if r == self.pid || (r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)) {
-                self.exited = true;
-                return true;
-            }
-            let now = Instant::now();
-            if until.is_some_and(|u| now >= u) {
-                return false;
-            }
-            match &self.pidfd {
-                Some(fd) => {
-                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-                    let left =
-                        until.map_or(PollTimeout::NONE, |u| PollTimeout::try_from(u - now).unwrap_or(PollTimeout::MAX));
-                    let _ = poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], left);
-                }
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
-        }
+            *exited
+        })
     }
 }
 
@@ -205,15 +187,6 @@ fn child_setup(parent: libc::pid_t, fds: &[(RawFd, RawFd)], outlive: bool, null:
         let keep = fds.iter().map(|&(_, t)| t).max().unwrap_or(2).max(2);
         libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
     }
-}
-
-/// A pidfd for `pid` (readable once it exits), or None on an older kernel.
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes integer arguments; a non-negative result is a
-    // new descriptor that this process owns.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: see above.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]

@@ -59,23 +59,34 @@ pub fn pass_fd(cmd: &mut std::process::Command, fd: i32, target: i32) {
 }
 
 /// Waits up to `limit` for `c` to exit (this runs in `Drop`, with no runtime
-/// to await on): woken by its pidfd the moment it exits, polling only where
-/// the kernel has no pidfd_open (before 5.3). Whether it did.
+/// to await on). Whether it did.
 pub fn wait_exit(c: &mut tokio::process::Child, limit: std::time::Duration) -> bool {
-    let until = std::time::Instant::now() + limit;
     let pidfd = c.id().and_then(pidfd_open);
+    wait_until(pidfd.as_ref(), limit, || matches!(c.try_wait(), Ok(Some(_)) | Err(_)))
+}
+
+/// Waits up to `limit` (Duration::MAX: no limit) until `exited` says yes,
+/// woken by the child's `pidfd` the moment it exits, polling every
+/// millisecond only where the kernel has no pidfd_open (before 5.3).
+pub fn wait_until(
+    pidfd: Option<&std::os::fd::OwnedFd>,
+    limit: std::time::Duration,
+    mut exited: impl FnMut() -> bool,
+) -> bool {
+    let until = std::time::Instant::now().checked_add(limit);
     loop {
-        if matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
+        if exited() {
             return true;
         }
         let now = std::time::Instant::now();
-        if now >= until {
+        if until.is_some_and(|u| now >= u) {
             return false;
         }
-        match &pidfd {
+        match pidfd {
             Some(fd) => {
                 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-                let left = PollTimeout::try_from(until - now).unwrap_or(PollTimeout::MAX);
+                let left =
+                    until.map_or(PollTimeout::NONE, |u| PollTimeout::try_from(u - now).unwrap_or(PollTimeout::MAX));
                 let _ = poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], left);
             }
             None => std::thread::sleep(std::time::Duration::from_millis(1)),
@@ -84,7 +95,7 @@ pub fn wait_exit(c: &mut tokio::process::Child, limit: std::time::Duration) -> b
 }
 
 /// A pidfd for `pid` (readable once it exits), or None on an older kernel.
-fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes integer arguments; a non-negative result is a
     // new descriptor that this process owns.
