@@ -37,8 +37,8 @@ pub struct Flow {
     pub last: Instant,
     pub bytes_out: u64,
     pub bytes_in: u64,
-    fin_out: bool,
-    fin_in: bool,
+    pub(super) fin_out: bool,
+    pub(super) fin_in: bool,
 }
 
 /// What to do with a frame from the guest.
@@ -92,7 +92,7 @@ pub struct Counters {
 
 pub struct Gate {
     pub cfg: Config,
-    flows: HashMap<FlowKey, Flow, FlowHashKey>,
+    pub(super) flows: HashMap<FlowKey, Flow, FlowHashKey>,
     /// Addresses learned from allowed DNS answers, for domain rules.
     names: Names,
     cache: Cache,
@@ -157,9 +157,9 @@ impl Gate {
     fn record(&mut self, key: &FlowKey, f: &Flow) {
         let rec = FlowRecord {
             time: now_secs(f.started),
-            proto: proto_name(key.proto),
-            dst: key.dst,
-            port: key.dport,
+            proto: proto_name(key.proto()),
+            dst: key.dst(),
+            port: key.dport(),
             dns_name: f.name.clone(),
             verdict: f.verdict,
             rule: f.by.clone(),
@@ -188,7 +188,7 @@ impl Gate {
     }
 
     /// Forwards `ip`'s packet without whatever trails it in `frame`.
-    fn forward(frame: &[u8], end: usize) -> Outbound {
+    pub(super) fn forward(frame: &[u8], end: usize) -> Outbound {
         if end < frame.len() {
             Outbound::ForwardFirst(end)
         } else {
@@ -206,6 +206,15 @@ impl Gate {
     /// clock by the time a batch takes to judge (microseconds), which is
     /// how much earlier than its idle limit a flow may then expire.
     pub fn outbound_at(&mut self, frame: &[u8], now: Instant) -> Outbound {
+        match self.outbound_fast(frame, now) {
+            Some(end) => Self::forward(frame, end),
+            None => self.outbound_full(frame, now),
+        }
+    }
+
+    /// The whole order of judgement, for every frame the fast path
+    /// (fastpath.rs) leaves alone.
+    pub(super) fn outbound_full(&mut self, frame: &[u8], now: Instant) -> Outbound {
         if frame.len() > self.cfg.mtu + ETH_HLEN || frame.get(6).is_none_or(|b| b & 1 != 0) {
             // Above the MTU set in the guest, or from a multicast source MAC.
             return self.drop_frame();
@@ -267,7 +276,7 @@ impl Gate {
             }
             _ => return self.drop_frame(),
         };
-        let key = FlowKey { proto, src: ip.src, sport, dst: ip.dst, dport };
+        let key = FlowKey::new(proto, ip.src, sport, ip.dst, dport);
         let len = (ip.end) as u64;
         if let Some(f) = self.flows.get_mut(&key) {
             f.last = now;
@@ -419,6 +428,11 @@ impl Gate {
 
     /// As `inbound`, with the time given (see `outbound_at`).
     pub fn inbound_at(&mut self, frame: &[u8], now: Instant) -> bool {
+        self.inbound_fast(frame, now) || self.inbound_full(frame, now)
+    }
+
+    /// The whole of `inbound_at`, for every frame the fast path leaves alone.
+    pub(super) fn inbound_full(&mut self, frame: &[u8], now: Instant) -> bool {
         let Some(pkt) = packet::parse(frame) else { return false };
         let ip = match pkt {
             Packet::Arp { .. } => return true,
@@ -442,7 +456,7 @@ impl Gate {
             }
             _ => return false,
         };
-        let key = FlowKey { proto, src: ip.dst, sport: dport, dst: ip.src, dport: sport };
+        let key = FlowKey::new(proto, ip.dst, dport, ip.src, sport);
         let Some(f) = self.flows.get_mut(&key) else { return false };
         if f.verdict != Verdict::Allow {
             return false;
@@ -463,7 +477,7 @@ impl Gate {
         let dead: Vec<FlowKey> = self
             .flows
             .iter()
-            .filter(|(k, f)| now.duration_since(f.last) > idle_limit(k.proto))
+            .filter(|(k, f)| now.duration_since(f.last) > idle_limit(k.proto()))
             .map(|(k, _)| *k)
             .collect();
         for k in dead {

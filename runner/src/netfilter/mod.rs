@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod dns;
+mod fastpath;
 pub mod flowhash;
 pub mod frames;
 pub mod gate;
