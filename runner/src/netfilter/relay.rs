@@ -249,7 +249,7 @@ impl Relay {
                 let buf = rd.buf();
                 for (at, n, action) in judged.drain(..) {
                     let open = match action {
-                        Outbound::Forward => out.frame(buf, at, n, &mut p_w).await,
+                        Outbound::Forward => out.extend(at, n) || out.frame(buf, at, n, &mut p_w).await,
                         Outbound::ForwardFirst(k) => out.copy(buf, &buf[at + 4..at + 4 + k], &mut p_w).await,
                         Outbound::Drop => true,
                         Outbound::Reply(frames) => {
@@ -317,7 +317,7 @@ impl Relay {
                 });
                 let buf = rd.buf();
                 for (at, n, pass) in judged.drain(..) {
-                    if pass && !out.frame(buf, at, n, &mut g_w).await {
+                    if pass && !out.extend(at, n) && !out.frame(buf, at, n, &mut g_w).await {
                         return;
                     }
                 }
