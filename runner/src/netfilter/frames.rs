@@ -146,6 +146,27 @@ impl Pending {
         true
     }
 
+    /// Adds the whole frames in `run` of `buf`, unchanged: as `frame` for
+    /// each in turn, in one step when they all fit the pending run.
+    pub async fn frames<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], run: Range<usize>, w: &mut W) -> bool {
+        if self.copied.is_empty()
+            && (self.run.is_empty() || self.run.end == run.start)
+            && self.run.len() + run.len() <= WRITE_BATCH
+        {
+            self.run = if self.run.is_empty() { run } else { self.run.start..run.end };
+            return true;
+        }
+        let mut at = run.start;
+        while at < run.end {
+            let n = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            if !self.extend(at, n) && !self.frame(buf, at, n, w).await {
+                return false;
+            }
+            at += 4 + n;
+        }
+        true
+    }
+
     /// Adds `f`, a frame that is not in the read buffer as it stands.
     pub async fn copy<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], f: &[u8], w: &mut W) -> bool {
         if !self.room(4 + f.len(), buf, w).await {
@@ -269,29 +290,41 @@ mod tests {
         }
     }
 
-    /// `extend` where it applies, `frame` where it does not: the same
-    /// writes as `frame` alone, over gaps, cut frames and full batches.
+    /// `extend` where it applies and `frame` where it does not, or
+    /// `frames` over each run of back-to-back frames: the same writes as
+    /// `frame` alone, over gaps, cut frames and full batches.
     #[tokio::test]
-    async fn test_pending_extend_writes_as_frame_does() {
-        let sizes: Vec<usize> = (0..2000).map(|i| 14 + (i * 7919) % 1500).collect();
+    async fn test_pending_extend_and_frames_write_as_frame_does() {
+        let sizes: Vec<usize> = (0..3000).map(|i| 14 + (i * 7919) % 1500).collect();
         let buf = framed(&sizes);
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let (mut a, mut b) = (Writes::default(), Writes::default());
-        let (mut pa, mut pb) = (Pending::default(), Pending::default());
-        let (mut at, mut extended) = (0, 0);
+        let (mut a, mut b, mut c) = (Writes::default(), Writes::default(), Writes::default());
+        let (mut pa, mut pb, mut pc) = (Pending::default(), Pending::default(), Pending::default());
+        let (mut at, mut extended, mut runs) = (0, 0, 0);
+        let mut run = 0..0;
         for &n in &sizes {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            match x % 10 {
+            let op = x % 20;
+            if op < 3 || run.end != at {
+                // What is not the next frame of the run ends it.
+                if !run.is_empty() {
+                    assert!(pc.frames(&buf, std::mem::take(&mut run), &mut c).await);
+                    runs += 1;
+                }
+            }
+            match op {
                 0 => {}
                 1 => {
-                    assert!(pa.copy(&buf, &buf[at + 4..at + 10], &mut a).await);
-                    assert!(pb.copy(&buf, &buf[at + 4..at + 10], &mut b).await);
+                    for (p, w) in [(&mut pa, &mut a), (&mut pb, &mut b), (&mut pc, &mut c)] {
+                        assert!(p.copy(&buf, &buf[at + 4..at + 10], w).await);
+                    }
                 }
                 2 => {
-                    assert!(pa.flush(&buf, &mut a).await);
-                    assert!(pb.flush(&buf, &mut b).await);
+                    for (p, w) in [(&mut pa, &mut a), (&mut pb, &mut b), (&mut pc, &mut c)] {
+                        assert!(p.flush(&buf, w).await);
+                    }
                 }
                 _ => {
                     assert!(pa.frame(&buf, at, n, &mut a).await);
@@ -300,14 +333,24 @@ mod tests {
                     } else {
                         assert!(pb.frame(&buf, at, n, &mut b).await);
                     }
+                    run = if run.is_empty() { at..at + 4 + n } else { run.start..at + 4 + n };
                 }
             }
             at += 4 + n;
         }
-        assert!(pa.flush(&buf, &mut a).await);
-        assert!(pb.flush(&buf, &mut b).await);
+        if !run.is_empty() {
+            assert!(pc.frames(&buf, run, &mut c).await);
+        }
+        for (p, w) in [(&mut pa, &mut a), (&mut pb, &mut b), (&mut pc, &mut c)] {
+            assert!(p.flush(&buf, w).await);
+        }
         assert_eq!(a.0, b.0);
-        assert!(extended > 500 && a.0.len() > 100, "{extended} extended, {} writes", a.0.len());
+        assert_eq!(a.0, c.0);
+        assert!(
+            extended > 1000 && runs > 100 && a.0.len() > 100,
+            "{extended} extended, {runs} runs, {} writes",
+            a.0.len()
+        );
     }
 
     /// Runs of unchanged frames go out as one write without a copy into

@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -60,15 +61,34 @@ fn framed(f: &[u8]) -> Vec<u8> {
     v
 }
 
+/// What the gate made of one buffered frame.
+enum Judgement<A> {
+    /// Forwarded unchanged.
+    Pass,
+    /// Dropped.
+    Skip,
+    /// Anything else, for the writer to act on.
+    Act(A),
+}
+
+/// Judged frames in the read buffer, in order: runs of frames forwarded
+/// unchanged (back to back, so a run is one range of whole frames), and the
+/// frames that need more than forwarding. Dropped frames appear as gaps.
+enum Judged<A> {
+    Run(Range<usize>),
+    /// The frame's offset, its length, what to do.
+    One(usize, usize, A),
+}
+
 /// Judges the whole frames buffered in `rd` (at most JUDGE_BATCH) with
-/// `judge`, under one lock of the gate, each frame once and in order; their
-/// offsets, lengths and verdicts go to `judged`. Returns where judging
-/// stopped, and the length read there if it is one no peer sends.
+/// `judge`, under one lock of the gate, each frame once and in order; what
+/// came of them goes to `judged`. Returns where judging stopped, and the
+/// length read there if it is one no peer sends.
 fn judge_buffered<R, A>(
     rd: &FrameReader<R>,
     gate: &Mutex<Gate>,
-    judged: &mut Vec<(usize, usize, A)>,
-    mut judge: impl FnMut(&mut Gate, &[u8], Instant) -> A,
+    judged: &mut Vec<Judged<A>>,
+    mut judge: impl FnMut(&mut Gate, &[u8], Instant) -> Judgement<A>,
 ) -> (usize, Option<usize>)
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -80,11 +100,19 @@ where
     let mut g = gate.lock().expect("gate lock");
     // Read once the lock is held, so no stamp goes back in time.
     let now = Instant::now();
-    while judged.len() < JUDGE_BATCH {
+    for _ in 0..JUDGE_BATCH {
         match rd.next(at) {
             Next::Frame(n) => {
-                judged.push((at, n, judge(&mut g, &rd.buf()[at + 4..at + 4 + n], now)));
-                at += 4 + n;
+                let end = at + 4 + n;
+                match judge(&mut g, &rd.buf()[at + 4..end], now) {
+                    Judgement::Pass => match judged.last_mut() {
+                        Some(Judged::Run(r)) if r.end == at => r.end = end,
+                        _ => judged.push(Judged::Run(at..end)),
+                    },
+                    Judgement::Skip => {}
+                    Judgement::Act(a) => judged.push(Judged::One(at, n, a)),
+                }
+                at = end;
             }
             Next::Partial => break,
             Next::Bad(n) => return (at, Some(n)),
@@ -244,12 +272,25 @@ impl Relay {
                     if trace {
                         eprintln!("gate out {:?} -> {:?}", super::packet::parse(f), action);
                     }
-                    action
+                    match action {
+                        Outbound::Forward => Judgement::Pass,
+                        Outbound::Drop => Judgement::Skip,
+                        other => Judgement::Act(other),
+                    }
                 });
                 let buf = rd.buf();
-                for (at, n, action) in judged.drain(..) {
+                for j in judged.drain(..) {
+                    let (at, n, action) = match j {
+                        Judged::Run(r) => {
+                            if !out.frames(buf, r, &mut p_w).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        Judged::One(at, n, action) => (at, n, action),
+                    };
                     let open = match action {
-                        Outbound::Forward => out.extend(at, n) || out.frame(buf, at, n, &mut p_w).await,
+                        Outbound::Forward => out.frame(buf, at, n, &mut p_w).await,
                         Outbound::ForwardFirst(k) => out.copy(buf, &buf[at + 4..at + 4 + k], &mut p_w).await,
                         Outbound::Drop => true,
                         Outbound::Reply(frames) => {
@@ -313,12 +354,18 @@ impl Relay {
                     if trace {
                         eprintln!("gate in {:?} -> {pass}", super::packet::parse(f));
                     }
-                    pass
+                    if pass {
+                        Judgement::<()>::Pass
+                    } else {
+                        Judgement::Skip
+                    }
                 });
                 let buf = rd.buf();
-                for (at, n, pass) in judged.drain(..) {
-                    if pass && !out.extend(at, n) && !out.frame(buf, at, n, &mut g_w).await {
-                        return;
+                for j in judged.drain(..) {
+                    if let Judged::Run(r) = j {
+                        if !out.frames(buf, r, &mut g_w).await {
+                            return;
+                        }
                     }
                 }
                 if bad.is_none() && matches!(rd.next(at), Next::Frame(_)) {
