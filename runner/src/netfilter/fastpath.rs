@@ -441,6 +441,13 @@ mod tests {
         assert!(full.counters.frames_dropped > 1_000, "{:?}", full.counters);
     }
 
+    /// Every frame looks its flow up: the entry (key and flow) must stay
+    /// small enough for few cache lines.
+    #[test]
+    fn test_flow_table_entry_is_small() {
+        assert!(std::mem::size_of::<(FlowKey, crate::netfilter::gate::Flow)>() <= 96);
+    }
+
     /// Frames of an allowed, established flow that the fast path must leave
     /// to the full path, beside the ones it takes.
     #[test]

@@ -16,16 +16,18 @@
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A flow's protocol, addresses and ports, packed into integers: compared
-/// as three words and hashed without matching on address families.
+/// A flow's protocol, addresses and ports, packed into five 64-bit words:
+/// compared as such and hashed without matching on address families. 40
+/// bytes, so that a table entry (key and flow) stays within few cache lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     /// proto << 48 | source family << 40 | destination family << 32 |
     /// sport << 16 | dport; a family is 4 or 6, which keeps an IPv4 address
     /// apart from its IPv4-mapped IPv6 form.
     meta: u64,
-    src: u128,
-    dst: u128,
+    /// IPv4: [source << 32 | destination, 0, 0, 0]; otherwise both
+    /// addresses as 128 bits each, high half first.
+    addrs: [u64; 4],
 }
 
 const FAMILIES: u64 = 0xffff << 32;
@@ -47,23 +49,36 @@ fn addr_of(family: u64, bits: u128) -> IpAddr {
     }
 }
 
+fn meta(proto: u8, sf: u64, sport: u16, df: u64, dport: u16) -> u64 {
+    u64::from(proto) << 48 | sf << 40 | df << 32 | u64::from(sport) << 16 | u64::from(dport)
+}
+
 impl FlowKey {
     pub fn new(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> FlowKey {
-        let ((sf, s), (df, d)) = (addr_bits(src), addr_bits(dst));
-        let meta = u64::from(proto) << 48 | sf << 40 | df << 32 | u64::from(sport) << 16 | u64::from(dport);
-        FlowKey { meta, src: s, dst: d }
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => FlowKey::v4(proto, s.into(), sport, d.into(), dport),
+            _ => {
+                let ((sf, s), (df, d)) = (addr_bits(src), addr_bits(dst));
+                let addrs = [(s >> 64) as u64, s as u64, (d >> 64) as u64, d as u64];
+                FlowKey { meta: meta(proto, sf, sport, df, dport), addrs }
+            }
+        }
     }
 
     /// As `new` for two IPv4 addresses given as integers (as `u32::from`).
     pub fn v4(proto: u8, src: u32, sport: u16, dst: u32, dport: u16) -> FlowKey {
-        let meta = u64::from(proto) << 48 | V4V4 | u64::from(sport) << 16 | u64::from(dport);
-        FlowKey { meta, src: u128::from(src), dst: u128::from(dst) }
+        let addrs = [u64::from(src) << 32 | u64::from(dst), 0, 0, 0];
+        FlowKey { meta: meta(proto, 4, sport, 4, dport), addrs }
     }
 
     /// As `new` for two IPv6 addresses given as integers (as `u128::from`).
     pub fn v6(proto: u8, src: u128, sport: u16, dst: u128, dport: u16) -> FlowKey {
-        let meta = u64::from(proto) << 48 | 6 << 40 | 6 << 32 | u64::from(sport) << 16 | u64::from(dport);
-        FlowKey { meta, src, dst }
+        let addrs = [(src >> 64) as u64, src as u64, (dst >> 64) as u64, dst as u64];
+        FlowKey { meta: meta(proto, 6, sport, 6, dport), addrs }
+    }
+
+    fn is_v4(&self) -> bool {
+        self.meta & FAMILIES == V4V4
     }
 
     pub fn proto(&self) -> u8 {
@@ -71,7 +86,10 @@ impl FlowKey {
     }
 
     pub fn src(&self) -> IpAddr {
-        addr_of(self.meta >> 40 & 0xff, self.src)
+        if self.is_v4() {
+            return IpAddr::V4(Ipv4Addr::from((self.addrs[0] >> 32) as u32));
+        }
+        addr_of(self.meta >> 40 & 0xff, u128::from(self.addrs[0]) << 64 | u128::from(self.addrs[1]))
     }
 
     pub fn sport(&self) -> u16 {
@@ -79,7 +97,10 @@ impl FlowKey {
     }
 
     pub fn dst(&self) -> IpAddr {
-        addr_of(self.meta >> 32 & 0xff, self.dst)
+        if self.is_v4() {
+            return IpAddr::V4(Ipv4Addr::from(self.addrs[0] as u32));
+        }
+        addr_of(self.meta >> 32 & 0xff, u128::from(self.addrs[2]) << 64 | u128::from(self.addrs[3]))
     }
 
     pub fn dport(&self) -> u16 {
@@ -91,14 +112,14 @@ impl FlowKey {
 /// distinct keys as distinct word sequences.
 impl Hash for FlowKey {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        if self.meta & FAMILIES == V4V4 {
-            // The common case: the whole key in one word (both addresses
-            // are below 2^32).
-            h.write_u128(u128::from(self.meta) << 64 | self.src << 32 | self.dst);
+        if self.is_v4() {
+            // The common case: the whole key in one word.
+            h.write_u128(u128::from(self.meta) << 64 | u128::from(self.addrs[0]));
         } else {
+            let a = |i: usize| u128::from(self.addrs[i]) << 64 | u128::from(self.addrs[i + 1]);
             h.write_u128(u128::from(self.meta));
-            h.write_u128(self.src);
-            h.write_u128(self.dst);
+            h.write_u128(a(0));
+            h.write_u128(a(2));
         }
     }
 }
@@ -170,6 +191,7 @@ mod tests {
 
     #[test]
     fn test_flow_key_packs_and_unpacks() {
+        assert_eq!(std::mem::size_of::<FlowKey>(), 40);
         for (src, dst) in [("10.0.2.15", "203.0.113.5"), ("fd00:c0de::15", "2001:db8::1"), ("10.0.2.15", "::1")] {
             let k = key(17, src, 5000, dst, 53);
             assert_eq!(

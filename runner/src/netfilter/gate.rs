@@ -28,17 +28,26 @@ pub const MAX_FLOWS: usize = 16_384;
 /// resolver asks again), so a flood of names cannot become a flood upstream.
 pub const MAX_DNS_IN_FLIGHT: usize = 32;
 
+/// A flow in the table: what every frame of it updates, inline; what only
+/// its audit record needs, boxed, so that an entry of the table (key and
+/// flow) stays small and lookups touch few cache lines.
 #[derive(Debug, Clone)]
 pub struct Flow {
-    pub verdict: Verdict,
-    pub by: String,
-    pub name: Option<String>,
-    pub started: SystemTime,
     pub last: Instant,
     pub bytes_out: u64,
     pub bytes_in: u64,
+    pub verdict: Verdict,
     pub(super) fin_out: bool,
     pub(super) fin_in: bool,
+    pub about: Box<FlowAbout>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowAbout {
+    /// The rule (or reason) that decided the flow.
+    pub by: String,
+    pub name: Option<String>,
+    pub started: SystemTime,
 }
 
 /// What to do with a frame from the guest.
@@ -156,13 +165,13 @@ impl Gate {
 
     fn record(&mut self, key: &FlowKey, f: &Flow) {
         let rec = FlowRecord {
-            time: now_secs(f.started),
+            time: now_secs(f.about.started),
             proto: proto_name(key.proto()),
             dst: key.dst(),
             port: key.dport(),
-            dns_name: f.name.clone(),
+            dns_name: f.about.name.clone(),
             verdict: f.verdict,
-            rule: f.by.clone(),
+            rule: f.about.by.clone(),
             bytes_out: f.bytes_out,
             bytes_in: f.bytes_in,
             repeats: None,
@@ -314,9 +323,7 @@ impl Gate {
             self.cfg.policy.decide(&Dest { ip: ip.dst, proto: p, port: dport, names: &names }, &self.cfg.env);
         let flow = Flow {
             verdict,
-            by,
-            name: names.first().cloned(),
-            started: SystemTime::now(),
+            about: Box::new(FlowAbout { by, name: names.first().cloned(), started: SystemTime::now() }),
             last: now,
             bytes_out: if verdict == Verdict::Allow { len } else { 0 },
             bytes_in: 0,
