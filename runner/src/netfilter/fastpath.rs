@@ -71,6 +71,7 @@ fn be16(b: &[u8], o: usize) -> u16 {
 /// Reads `frame` if it is Ethernet + plain IPv4 (20-byte header, not a
 /// fragment) or IPv6 (TCP or UDP next) + TCP or UDP whose lengths
 /// `packet::parse` would accept; None for anything else.
+#[inline(always)]
 fn plain(frame: &[u8]) -> Option<Plain> {
     let eth: &[u8; ETH_HLEN] = frame.get(..ETH_HLEN)?.try_into().ok()?;
     let (proto, src, dst, v6, l4_off, end) = match be16(eth, 12) {
@@ -127,6 +128,7 @@ impl Gate {
     /// allowed flow: Some(where the packet ends), the flow's idle time and
     /// byte count updated as the full path would. None, with nothing
     /// changed, for the full path to judge.
+    #[inline]
     pub(super) fn outbound_fast(&mut self, frame: &[u8], now: Instant) -> Option<usize> {
         if frame.len() > self.cfg.mtu + ETH_HLEN || frame.get(6)? & 1 != 0 {
             return None;
@@ -150,6 +152,7 @@ impl Gate {
     /// Passes `frame` from passt if it is an ordinary packet of a known
     /// allowed flow, updating the flow as the full path would: true. False,
     /// with nothing changed, for the full path to judge.
+    #[inline]
     pub(super) fn inbound_fast(&mut self, frame: &[u8], now: Instant) -> bool {
         let Some(p) = plain(frame) else { return false };
         if p.flags & (TCP_FIN | TCP_RST) != 0
