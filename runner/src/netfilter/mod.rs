@@ -10,6 +10,7 @@ pub mod flowhash;
 pub mod frames;
 pub mod gate;
 pub mod gated;
+mod gatedns;
 pub mod link;
 pub mod names;
 pub mod packet;
