@@ -14,19 +14,26 @@
 //! the sandbox's own relay, whose frames it could spend anyway.
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// A flow's protocol, addresses and ports, packed into five 64-bit words:
+/// compared as such and hashed without matching on address families. 40
+/// bytes, so that a table entry (key and flow) stays within few cache lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
-    pub proto: u8,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
+    /// proto << 48 | source family << 40 | destination family << 32 |
+    /// sport << 16 | dport; a family is 4 or 6, which keeps an IPv4 address
+    /// apart from its IPv4-mapped IPv6 form.
+    meta: u64,
+    /// IPv4: [source << 32 | destination, 0, 0, 0]; otherwise both
+    /// addresses as 128 bits each, high half first.
+    addrs: [u64; 4],
 }
 
-/// An address as 128 bits and a family tag, which keeps an IPv4 address
-/// apart from its IPv4-mapped IPv6 form.
+const FAMILIES: u64 = 0xffff << 32;
+const V4V4: u64 = 4 << 40 | 4 << 32;
+
+/// An address as 128 bits and its family tag.
 fn addr_bits(a: IpAddr) -> (u64, u128) {
     match a {
         IpAddr::V4(v) => (4, u128::from(u32::from(v))),
@@ -34,20 +41,85 @@ fn addr_bits(a: IpAddr) -> (u64, u128) {
     }
 }
 
+fn addr_of(family: u64, bits: u128) -> IpAddr {
+    if family == 4 {
+        IpAddr::V4(Ipv4Addr::from(bits as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bits))
+    }
+}
+
+fn meta(proto: u8, sf: u64, sport: u16, df: u64, dport: u16) -> u64 {
+    u64::from(proto) << 48 | sf << 40 | df << 32 | u64::from(sport) << 16 | u64::from(dport)
+}
+
+impl FlowKey {
+    pub fn new(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> FlowKey {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => FlowKey::v4(proto, s.into(), sport, d.into(), dport),
+            _ => {
+                let ((sf, s), (df, d)) = (addr_bits(src), addr_bits(dst));
+                let addrs = [(s >> 64) as u64, s as u64, (d >> 64) as u64, d as u64];
+                FlowKey { meta: meta(proto, sf, sport, df, dport), addrs }
+            }
+        }
+    }
+
+    /// As `new` for two IPv4 addresses given as integers (as `u32::from`).
+    pub fn v4(proto: u8, src: u32, sport: u16, dst: u32, dport: u16) -> FlowKey {
+        let addrs = [u64::from(src) << 32 | u64::from(dst), 0, 0, 0];
+        FlowKey { meta: meta(proto, 4, sport, 4, dport), addrs }
+    }
+
+    /// As `new` for two IPv6 addresses given as integers (as `u128::from`).
+    pub fn v6(proto: u8, src: u128, sport: u16, dst: u128, dport: u16) -> FlowKey {
+        let addrs = [(src >> 64) as u64, src as u64, (dst >> 64) as u64, dst as u64];
+        FlowKey { meta: meta(proto, 6, sport, 6, dport), addrs }
+    }
+
+    fn is_v4(&self) -> bool {
+        self.meta & FAMILIES == V4V4
+    }
+
+    pub fn proto(&self) -> u8 {
+        (self.meta >> 48) as u8
+    }
+
+    pub fn src(&self) -> IpAddr {
+        if self.is_v4() {
+            return IpAddr::V4(Ipv4Addr::from((self.addrs[0] >> 32) as u32));
+        }
+        addr_of(self.meta >> 40 & 0xff, u128::from(self.addrs[0]) << 64 | u128::from(self.addrs[1]))
+    }
+
+    pub fn sport(&self) -> u16 {
+        (self.meta >> 16) as u16
+    }
+
+    pub fn dst(&self) -> IpAddr {
+        if self.is_v4() {
+            return IpAddr::V4(Ipv4Addr::from(self.addrs[0] as u32));
+        }
+        addr_of(self.meta >> 32 & 0xff, u128::from(self.addrs[2]) << 64 | u128::from(self.addrs[3]))
+    }
+
+    pub fn dport(&self) -> u16 {
+        self.meta as u16
+    }
+}
+
 /// Written as whole 128-bit words (one multiply each with `FlowHasher`),
 /// distinct keys as distinct word sequences.
 impl Hash for FlowKey {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        let ports = u64::from(self.proto) << 48 | u64::from(self.sport) << 16 | u64::from(self.dport);
-        if let (IpAddr::V4(s), IpAddr::V4(d)) = (self.src, self.dst) {
-            // The common case: the whole key in one pair of words.
-            let addrs = u64::from(u32::from(s)) << 32 | u64::from(u32::from(d));
-            h.write_u128(u128::from(ports | 4 << 40 | 4 << 32) << 64 | u128::from(addrs));
+        if self.is_v4() {
+            // The common case: the whole key in one word.
+            h.write_u128(u128::from(self.meta) << 64 | u128::from(self.addrs[0]));
         } else {
-            let ((sf, s), (df, d)) = (addr_bits(self.src), addr_bits(self.dst));
-            h.write_u128(u128::from(ports | sf << 40 | df << 32));
-            h.write_u128(s);
-            h.write_u128(d);
+            let a = |i: usize| u128::from(self.addrs[i]) << 64 | u128::from(self.addrs[i + 1]);
+            h.write_u128(u128::from(self.meta));
+            h.write_u128(a(0));
+            h.write_u128(a(2));
         }
     }
 }
@@ -114,7 +186,26 @@ mod tests {
     use std::collections::HashSet;
 
     fn key(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> FlowKey {
-        FlowKey { proto, src: src.parse().unwrap(), sport, dst: dst.parse().unwrap(), dport }
+        FlowKey::new(proto, src.parse().unwrap(), sport, dst.parse().unwrap(), dport)
+    }
+
+    #[test]
+    fn test_flow_key_packs_and_unpacks() {
+        assert_eq!(std::mem::size_of::<FlowKey>(), 40);
+        for (src, dst) in [("10.0.2.15", "203.0.113.5"), ("fd00:c0de::15", "2001:db8::1"), ("10.0.2.15", "::1")] {
+            let k = key(17, src, 5000, dst, 53);
+            assert_eq!(
+                (k.proto(), k.src(), k.sport(), k.dst(), k.dport()),
+                (17, src.parse().unwrap(), 5000, dst.parse().unwrap(), 53)
+            );
+        }
+        let (s, d) =
+            ("10.0.2.15".parse::<std::net::Ipv4Addr>().unwrap(), "203.0.113.5".parse::<std::net::Ipv4Addr>().unwrap());
+        assert_eq!(FlowKey::v4(6, s.into(), 1, d.into(), 2), key(6, "10.0.2.15", 1, "203.0.113.5", 2));
+        let (s, d) =
+            ("fd00::15".parse::<std::net::Ipv6Addr>().unwrap(), "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap());
+        assert_eq!(FlowKey::v6(6, s.into(), 1, d.into(), 2), key(6, "fd00::15", 1, "2001:db8::1", 2));
+        assert_ne!(key(6, "10.0.2.15", 1, "203.0.113.5", 2), key(6, "::ffff:10.0.2.15", 1, "::ffff:203.0.113.5", 2));
     }
 
     #[test]

@@ -126,6 +126,40 @@ impl Pending {
         true
     }
 
+    /// Adds the whole frames in `run` of `buf`, unchanged, as `frame` would
+    /// one by one: as many as fit behind the pending run join it at once,
+    /// and a write is made wherever `frame` would make one.
+    pub async fn frames<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], run: Range<usize>, w: &mut W) -> bool {
+        let len_at = |at: usize| u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let mut at = run.start;
+        while at < run.end {
+            if self.copied.is_empty() && (self.run.is_empty() || self.run.end == at) {
+                let room = WRITE_BATCH.saturating_sub(self.run.len());
+                let mut to = at;
+                if run.end - at <= room {
+                    to = run.end;
+                } else {
+                    while to < run.end && to + 4 + len_at(to) - at <= room {
+                        to += 4 + len_at(to);
+                    }
+                }
+                if to > at {
+                    self.run = if self.run.is_empty() { at..to } else { self.run.start..to };
+                    at = to;
+                    continue;
+                }
+            }
+            // The next frame does not fit (or cannot join the run): as
+            // `frame` does, write what is pending first.
+            let n = len_at(at);
+            if !self.frame(buf, at, n, w).await {
+                return false;
+            }
+            at += 4 + n;
+        }
+        true
+    }
+
     /// Adds `f`, a frame that is not in the read buffer as it stands.
     pub async fn copy<W: AsyncWrite + Unpin>(&mut self, buf: &[u8], f: &[u8], w: &mut W) -> bool {
         if !self.room(4 + f.len(), buf, w).await {
@@ -247,6 +281,57 @@ mod tests {
         ) -> std::task::Poll<std::io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    /// `frames` over each run of back-to-back frames makes the same writes
+    /// as `frame` for each frame alone, over gaps, cut frames, flushes and
+    /// full batches, lone frames above WRITE_BATCH included.
+    #[tokio::test]
+    async fn test_pending_frames_write_as_frame_does() {
+        let sizes: Vec<usize> =
+            (0..3000).map(|i| if i % 500 == 7 { WRITE_BATCH + 100 } else { 14 + (i * 7919) % 1500 }).collect();
+        let buf = framed(&sizes);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let (mut a, mut c) = (Writes::default(), Writes::default());
+        let (mut pa, mut pc) = (Pending::default(), Pending::default());
+        let (mut at, mut runs, mut longest) = (0, 0, 0);
+        let mut run = 0..0;
+        for &n in &sizes {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let op = x % 40;
+            if (op < 3 || run.end != at) && !run.is_empty() {
+                // What is not the next frame of the run ends it.
+                longest = longest.max(run.len());
+                assert!(pc.frames(&buf, std::mem::take(&mut run), &mut c).await);
+                runs += 1;
+            }
+            match op {
+                0 => {}
+                1 => {
+                    assert!(pa.copy(&buf, &buf[at + 4..at + 10], &mut a).await);
+                    assert!(pc.copy(&buf, &buf[at + 4..at + 10], &mut c).await);
+                }
+                2 => {
+                    assert!(pa.flush(&buf, &mut a).await);
+                    assert!(pc.flush(&buf, &mut c).await);
+                }
+                _ => {
+                    assert!(pa.frame(&buf, at, n, &mut a).await);
+                    run = if run.is_empty() { at..at + 4 + n } else { run.start..at + 4 + n };
+                }
+            }
+            at += 4 + n;
+        }
+        if !run.is_empty() {
+            assert!(pc.frames(&buf, run, &mut c).await);
+        }
+        assert!(pa.flush(&buf, &mut a).await);
+        assert!(pc.flush(&buf, &mut c).await);
+        assert_eq!(a.0.len(), c.0.len());
+        assert!(a.0 == c.0, "different writes");
+        assert!(runs > 100 && longest > 2 * WRITE_BATCH && a.0.len() > 100, "{runs} runs, longest {longest}");
     }
 
     /// Runs of unchanged frames go out as one write without a copy into

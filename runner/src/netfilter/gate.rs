@@ -3,9 +3,11 @@
 //! ICMP echo) and remembered in a bounded table; replies from passt pass
 //! only for known, allowed flows. Denied TCP gets a RST, the rest ICMP
 //! "administratively prohibited" (nothing for multicast and broadcast).
-//! DNS to the gate's address is answered here, with a bounded number of
-//! upstream questions in flight. Frames above the guest MTU are refused;
-//! what is forwarded is cut to the judged packet. Independent of QEMU: the
+//! DNS to the gate's address is answered by the gate (gatedns.rs), with a
+//! bounded number of upstream questions in flight. Frames above the guest
+//! MTU are refused; what is forwarded is cut to the judged packet. Ordinary
+//! packets of established flows take the fast path (fastpath.rs), which
+//! reaches the same verdicts with fewer steps. Independent of QEMU: the
 //! namespace backend feeds it the same way.
 
 use std::collections::HashMap;
@@ -14,13 +16,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::audit::{now_secs, Limiter};
 use super::names::{Cache, Names};
-use super::packet::{self, Ip, Packet, UdpPeer, ETH_HLEN, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use super::packet::{self, Ip, Packet, ETH_HLEN, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::policy::rule::Proto;
 use crate::policy::{Decision, Dest, Env, Policy, Verdict};
 
 pub use super::audit::FlowRecord;
 use super::flowhash::FlowHashKey;
 pub use super::flowhash::FlowKey;
+pub use super::gatedns::DnsJob;
 
 /// Flows beyond this are refused until old ones expire.
 pub const MAX_FLOWS: usize = 16_384;
@@ -28,17 +31,26 @@ pub const MAX_FLOWS: usize = 16_384;
 /// resolver asks again), so a flood of names cannot become a flood upstream.
 pub const MAX_DNS_IN_FLIGHT: usize = 32;
 
+/// A flow in the table: what every frame of it updates, inline; what only
+/// its audit record needs, boxed, so that an entry of the table (key and
+/// flow) stays small and lookups touch few cache lines.
 #[derive(Debug, Clone)]
 pub struct Flow {
-    pub verdict: Verdict,
-    pub by: String,
-    pub name: Option<String>,
-    pub started: SystemTime,
     pub last: Instant,
     pub bytes_out: u64,
     pub bytes_in: u64,
-    fin_out: bool,
-    fin_in: bool,
+    pub verdict: Verdict,
+    pub(super) fin_out: bool,
+    pub(super) fin_in: bool,
+    pub about: Box<FlowAbout>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowAbout {
+    /// The rule (or reason) that decided the flow.
+    pub by: String,
+    pub name: Option<String>,
+    pub started: SystemTime,
 }
 
 /// What to do with a frame from the guest.
@@ -54,13 +66,6 @@ pub enum Outbound {
     /// A DNS query for an allowed name: resolve it and answer. Boxed: the
     /// relay keeps a batch of these values, and the rest are small.
     Resolve(Box<DnsJob>),
-}
-
-/// A question to ask upstream: the query and whom to answer, not the frame.
-#[derive(Debug, PartialEq, Eq)]
-pub struct DnsJob {
-    pub query: super::dns::Query,
-    pub peer: UdpPeer,
 }
 
 pub struct Config {
@@ -92,11 +97,11 @@ pub struct Counters {
 
 pub struct Gate {
     pub cfg: Config,
-    flows: HashMap<FlowKey, Flow, FlowHashKey>,
+    pub(super) flows: HashMap<FlowKey, Flow, FlowHashKey>,
     /// Addresses learned from allowed DNS answers, for domain rules.
-    names: Names,
-    cache: Cache,
-    dns_in_flight: usize,
+    pub(super) names: Names,
+    pub(super) cache: Cache,
+    pub(super) dns_in_flight: usize,
     limiter: Limiter,
     pub closed: Vec<FlowRecord>,
     pub counters: Counters,
@@ -146,23 +151,15 @@ impl Gate {
         self.cfg.env.host_addrs = addrs;
     }
 
-    /// Remembers an allowed DNS answer for its TTL (at least a few seconds,
-    /// so a connect right after the lookup is not refused by rounding).
-    pub fn learn(&mut self, name: &str, ip: IpAddr, ttl: u32) {
-        let now = Instant::now();
-        let exp = now + Duration::from_secs(u64::from(ttl.clamp(5, 24 * 3600)));
-        self.names.learn(name, ip, exp, now);
-    }
-
     fn record(&mut self, key: &FlowKey, f: &Flow) {
         let rec = FlowRecord {
-            time: now_secs(f.started),
-            proto: proto_name(key.proto),
-            dst: key.dst,
-            port: key.dport,
-            dns_name: f.name.clone(),
+            time: now_secs(f.about.started),
+            proto: proto_name(key.proto()),
+            dst: key.dst(),
+            port: key.dport(),
+            dns_name: f.about.name.clone(),
             verdict: f.verdict,
-            rule: f.by.clone(),
+            rule: f.about.by.clone(),
             bytes_out: f.bytes_out,
             bytes_in: f.bytes_in,
             repeats: None,
@@ -175,20 +172,20 @@ impl Gate {
     }
 
     /// Refusals and DNS questions: at most one line per kind per second.
-    fn log_limited(&mut self, rec: FlowRecord) {
+    pub(super) fn log_limited(&mut self, rec: FlowRecord) {
         if let Some(r) = self.limiter.admit(rec, Instant::now()) {
             self.closed.push(r);
         }
         self.counters.records_unlogged = self.limiter.unlogged;
     }
 
-    fn drop_frame(&mut self) -> Outbound {
+    pub(super) fn drop_frame(&mut self) -> Outbound {
         self.counters.frames_dropped += 1;
         Outbound::Drop
     }
 
     /// Forwards `ip`'s packet without whatever trails it in `frame`.
-    fn forward(frame: &[u8], end: usize) -> Outbound {
+    pub(super) fn forward(frame: &[u8], end: usize) -> Outbound {
         if end < frame.len() {
             Outbound::ForwardFirst(end)
         } else {
@@ -206,6 +203,15 @@ impl Gate {
     /// clock by the time a batch takes to judge (microseconds), which is
     /// how much earlier than its idle limit a flow may then expire.
     pub fn outbound_at(&mut self, frame: &[u8], now: Instant) -> Outbound {
+        match self.outbound_fast(frame, now) {
+            Some(end) => Self::forward(frame, end),
+            None => self.outbound_full(frame, now),
+        }
+    }
+
+    /// The whole order of judgement, for every frame the fast path
+    /// (fastpath.rs) leaves alone.
+    pub(super) fn outbound_full(&mut self, frame: &[u8], now: Instant) -> Outbound {
         if frame.len() > self.cfg.mtu + ETH_HLEN || frame.get(6).is_none_or(|b| b & 1 != 0) {
             // Above the MTU set in the guest, or from a multicast source MAC.
             return self.drop_frame();
@@ -267,7 +273,7 @@ impl Gate {
             }
             _ => return self.drop_frame(),
         };
-        let key = FlowKey { proto, src: ip.src, sport, dst: ip.dst, dport };
+        let key = FlowKey::new(proto, ip.src, sport, ip.dst, dport);
         let len = (ip.end) as u64;
         if let Some(f) = self.flows.get_mut(&key) {
             f.last = now;
@@ -305,9 +311,7 @@ impl Gate {
             self.cfg.policy.decide(&Dest { ip: ip.dst, proto: p, port: dport, names: &names }, &self.cfg.env);
         let flow = Flow {
             verdict,
-            by,
-            name: names.first().cloned(),
-            started: SystemTime::now(),
+            about: Box::new(FlowAbout { by, name: names.first().cloned(), started: SystemTime::now() }),
             last: now,
             bytes_out: if verdict == Verdict::Allow { len } else { 0 },
             bytes_in: 0,
@@ -338,80 +342,6 @@ impl Gate {
         }
     }
 
-    fn dns_record(&mut self, dst: IpAddr, name: &str, verdict: Verdict, rule: String) {
-        self.log_limited(FlowRecord {
-            time: now_secs(SystemTime::now()),
-            proto: "dns",
-            dst,
-            port: 53,
-            dns_name: Some(name.to_string()),
-            verdict,
-            rule,
-            bytes_out: 0,
-            bytes_in: 0,
-            repeats: None,
-        });
-    }
-
-    fn dns(&mut self, frame: &[u8], ip: &Ip, payload: std::ops::Range<usize>) -> Outbound {
-        let Some(q) = frame.get(payload).and_then(super::dns::parse_query) else { return self.drop_frame() };
-        let Some(peer) = UdpPeer::of(frame, ip) else { return self.drop_frame() };
-        let name_ok = self.cfg.policy.name_allowed(&q.name).is_some();
-        if !(name_ok && matches!(q.qtype, super::dns::TYPE_A | super::dns::TYPE_AAAA)) {
-            let rcode = if name_ok { 0 } else { 3 };
-            let (verdict, why) = if name_ok {
-                (Verdict::Allow, "no A/AAAA asked: empty answer")
-            } else {
-                (Verdict::Deny, "name not allowed: NXDOMAIN, not forwarded")
-            };
-            self.dns_record(ip.dst, &q.name, verdict, why.into());
-            return Outbound::Reply(vec![peer.reply(&super::dns::reply(&q, rcode, &[]))]);
-        }
-        if let Some((rcode, recs)) = self.cache.get(&q.name, q.qtype, Instant::now()) {
-            self.counters.dns_cached += 1;
-            for (a, ttl) in &recs {
-                self.learn(&q.name, *a, *ttl);
-            }
-            self.dns_record(ip.dst, &q.name, Verdict::Allow, format!("cached: {} address(es)", recs.len()));
-            return Outbound::Reply(vec![peer.reply(&super::dns::reply(&q, rcode, &recs))]);
-        }
-        if self.dns_in_flight >= MAX_DNS_IN_FLIGHT {
-            self.counters.dns_dropped += 1;
-            return Outbound::Drop;
-        }
-        self.dns_in_flight += 1;
-        Outbound::Resolve(Box::new(DnsJob { query: q, peer }))
-    }
-
-    /// Finishes a DNS job with upstream `answers`; private and guarded ones
-    /// are dropped (DNS rebinding). Returns the reply frame for the guest.
-    pub fn dns_answer(&mut self, job: &DnsJob, answers: Option<(u8, Vec<(IpAddr, u32)>)>) -> Vec<u8> {
-        self.dns_in_flight = self.dns_in_flight.saturating_sub(1);
-        let upstream_ok = answers.is_some();
-        let (rcode, mut recs) = answers.unwrap_or((2, vec![]));
-        let before = recs.len();
-        recs.retain(|(ip, _)| {
-            let eff = crate::policy::effective(*ip);
-            !crate::policy::private_ranges().iter().any(|c| c.contains(eff))
-                && crate::policy::guard(eff, &self.cfg.env).is_none()
-        });
-        for (ip, ttl) in &recs {
-            self.learn(&job.query.name, *ip, *ttl);
-        }
-        if upstream_ok {
-            self.cache.put(&job.query.name, job.query.qtype, rcode, &recs, Instant::now());
-        }
-        let rule = match (upstream_ok, before - recs.len()) {
-            (false, _) => "upstream did not answer: SERVFAIL".to_string(),
-            (true, 0) => format!("resolved upstream: {} address(es)", recs.len()),
-            (true, n) => {
-                format!("resolved upstream: {} address(es), {n} private answer(s) dropped (rebinding)", recs.len())
-            }
-        };
-        self.dns_record(job.peer.our_addr, &job.query.name, Verdict::Allow, rule);
-        job.peer.reply(&super::dns::reply(&job.query, rcode, &recs))
-    }
-
     /// Judges a frame from passt (the world) on its way to the guest.
     pub fn inbound(&mut self, frame: &[u8]) -> bool {
         self.inbound_at(frame, Instant::now())
@@ -419,6 +349,11 @@ impl Gate {
 
     /// As `inbound`, with the time given (see `outbound_at`).
     pub fn inbound_at(&mut self, frame: &[u8], now: Instant) -> bool {
+        self.inbound_fast(frame, now) || self.inbound_full(frame, now)
+    }
+
+    /// The whole of `inbound_at`, for every frame the fast path leaves alone.
+    pub(super) fn inbound_full(&mut self, frame: &[u8], now: Instant) -> bool {
         let Some(pkt) = packet::parse(frame) else { return false };
         let ip = match pkt {
             Packet::Arp { .. } => return true,
@@ -442,7 +377,7 @@ impl Gate {
             }
             _ => return false,
         };
-        let key = FlowKey { proto, src: ip.dst, sport: dport, dst: ip.src, dport: sport };
+        let key = FlowKey::new(proto, ip.dst, dport, ip.src, sport);
         let Some(f) = self.flows.get_mut(&key) else { return false };
         if f.verdict != Verdict::Allow {
             return false;
@@ -463,7 +398,7 @@ impl Gate {
         let dead: Vec<FlowKey> = self
             .flows
             .iter()
-            .filter(|(k, f)| now.duration_since(f.last) > idle_limit(k.proto))
+            .filter(|(k, f)| now.duration_since(f.last) > idle_limit(k.proto()))
             .map(|(k, _)| *k)
             .collect();
         for k in dead {
@@ -496,11 +431,12 @@ impl Gate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::netfilter::packet::UdpPeer;
     use crate::policy::parse_rules;
 
-    fn gate(allow: &[&str], full: bool) -> Gate {
+    pub(in crate::netfilter) fn gate(allow: &[&str], full: bool) -> Gate {
         let rules = parse_rules(&allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &[]).unwrap();
         Gate::new(Config {
             policy: Policy::new(rules, full),
@@ -513,7 +449,7 @@ mod tests {
     }
 
     /// A minimal Ethernet+IPv4+TCP frame with the given flags.
-    fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    pub(in crate::netfilter) fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         let (s, d): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
         let mut f = vec![2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 0x08, 0x00];
         let mut h = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
@@ -592,7 +528,7 @@ mod tests {
     }
 
     /// A UDP datagram from the guest (10.0.2.15 or fd00:c0de::15).
-    fn udp(dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    pub(in crate::netfilter) fn udp(dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
         let dst: IpAddr = dst.parse().unwrap();
         let src: IpAddr = if dst.is_ipv4() { "10.0.2.15".parse().unwrap() } else { "fd00:c0de::15".parse().unwrap() };
         UdpPeer { mac: [4; 6], our_mac: [2; 6], addr: dst, port: dport, our_addr: src, our_port: 40000 }.reply(payload)
@@ -623,44 +559,6 @@ mod tests {
         let mut named = gate(&["udp/224.0.0.1:9999", "169.254.170.2"], true);
         assert_eq!(named.outbound(&udp("224.0.0.1", 9999, b"x")), Outbound::Forward, "opened by a rule naming it");
         assert_eq!(named.outbound(&udp("169.254.170.2", 80, b"x")), Outbound::Forward);
-    }
-
-    #[test]
-    fn test_dns_flood_bounded_in_flight_and_cached() {
-        use crate::netfilter::dns;
-        let mut g = gate(&["*.allowed.test"], false);
-        let q = |name: &str| udp("10.0.2.3", 53, &dns::build_query(7, name, dns::TYPE_A));
-        let mut jobs = Vec::new();
-        let mut dropped = 0;
-        for i in 0..1000 {
-            match g.outbound(&q(&format!("n{i}.allowed.test"))) {
-                Outbound::Resolve(j) => jobs.push(j),
-                Outbound::Drop => dropped += 1,
-                other => panic!("{other:?}"),
-            }
-        }
-        assert_eq!(jobs.len(), MAX_DNS_IN_FLIGHT);
-        assert_eq!((dropped, g.counters.dns_dropped), (1000 - MAX_DNS_IN_FLIGHT, (1000 - MAX_DNS_IN_FLIGHT) as u64));
-        // Denied names are answered at once whatever is in flight.
-        assert!(matches!(g.outbound(&q("exfil.example.org")), Outbound::Reply(_)));
-        // An answer frees a slot, and is cached: the same question is answered here.
-        let job = jobs.remove(0);
-        let reply = g.dns_answer(&job, Some((0, vec![("203.0.113.9".parse().unwrap(), 300)])));
-        assert!(!reply.is_empty());
-        assert_eq!(g.dns_in_flight(), MAX_DNS_IN_FLIGHT - 1);
-        assert!(matches!(g.outbound(&q("n0.allowed.test")), Outbound::Reply(_)), "cached");
-        assert_eq!(g.counters.dns_cached, 1);
-        assert!(matches!(g.outbound(&q("fresh.allowed.test")), Outbound::Resolve(_)), "a freed slot is used");
-        assert!(matches!(g.outbound(&q("fresh2.allowed.test")), Outbound::Drop));
-        // The learned address opens the name's flows.
-        assert_eq!(g.outbound(&tcp("10.0.2.15", "203.0.113.9", 5000, 443, TCP_SYN)), Outbound::Forward);
-        // Upstream failures are answered SERVFAIL and not cached.
-        let job = jobs.remove(0);
-        let r = g.dns_answer(&job, None);
-        let Some(Packet::Ip(ip)) = packet::parse(&r) else { panic!() };
-        let L4::Udp { payload, .. } = ip.l4 else { panic!() };
-        assert_eq!(r[payload][3] & 0x0f, 2);
-        assert!(matches!(g.outbound(&q("n1.allowed.test")), Outbound::Resolve(_)));
     }
 
     #[test]

@@ -5,10 +5,12 @@
 
 pub mod audit;
 pub mod dns;
+mod fastpath;
 pub mod flowhash;
 pub mod frames;
 pub mod gate;
 pub mod gated;
+mod gatedns;
 pub mod link;
 pub mod names;
 pub mod packet;

@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -60,15 +61,34 @@ fn framed(f: &[u8]) -> Vec<u8> {
     v
 }
 
+/// What the gate made of one buffered frame.
+enum Judgement<A> {
+    /// Forwarded unchanged.
+    Pass,
+    /// Dropped.
+    Skip,
+    /// Anything else, for the writer to act on.
+    Act(A),
+}
+
+/// Judged frames in the read buffer, in order: runs of frames forwarded
+/// unchanged (back to back, so a run is one range of whole frames), and the
+/// frames that need more than forwarding. Dropped frames appear as gaps.
+enum Judged<A> {
+    Run(Range<usize>),
+    /// The frame's offset, its length, what to do.
+    One(usize, usize, A),
+}
+
 /// Judges the whole frames buffered in `rd` (at most JUDGE_BATCH) with
-/// `judge`, under one lock of the gate, each frame once and in order; their
-/// offsets, lengths and verdicts go to `judged`. Returns where judging
-/// stopped, and the length read there if it is one no peer sends.
+/// `judge`, under one lock of the gate, each frame once and in order; what
+/// came of them goes to `judged`. Returns where judging stopped, and the
+/// length read there if it is one no peer sends.
 fn judge_buffered<R, A>(
     rd: &FrameReader<R>,
     gate: &Mutex<Gate>,
-    judged: &mut Vec<(usize, usize, A)>,
-    mut judge: impl FnMut(&mut Gate, &[u8], Instant) -> A,
+    judged: &mut Vec<Judged<A>>,
+    mut judge: impl FnMut(&mut Gate, &[u8], Instant) -> Judgement<A>,
 ) -> (usize, Option<usize>)
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -80,11 +100,19 @@ where
     let mut g = gate.lock().expect("gate lock");
     // Read once the lock is held, so no stamp goes back in time.
     let now = Instant::now();
-    while judged.len() < JUDGE_BATCH {
+    for _ in 0..JUDGE_BATCH {
         match rd.next(at) {
             Next::Frame(n) => {
-                judged.push((at, n, judge(&mut g, &rd.buf()[at + 4..at + 4 + n], now)));
-                at += 4 + n;
+                let end = at + 4 + n;
+                match judge(&mut g, &rd.buf()[at + 4..end], now) {
+                    Judgement::Pass => match judged.last_mut() {
+                        Some(Judged::Run(r)) if r.end == at => r.end = end,
+                        _ => judged.push(Judged::Run(at..end)),
+                    },
+                    Judgement::Skip => {}
+                    Judgement::Act(a) => judged.push(Judged::One(at, n, a)),
+                }
+                at = end;
             }
             Next::Partial => break,
             Next::Bad(n) => return (at, Some(n)),
@@ -244,10 +272,23 @@ impl Relay {
                     if trace {
                         eprintln!("gate out {:?} -> {:?}", super::packet::parse(f), action);
                     }
-                    action
+                    match action {
+                        Outbound::Forward => Judgement::Pass,
+                        Outbound::Drop => Judgement::Skip,
+                        other => Judgement::Act(other),
+                    }
                 });
                 let buf = rd.buf();
-                for (at, n, action) in judged.drain(..) {
+                for j in judged.drain(..) {
+                    let (at, n, action) = match j {
+                        Judged::Run(r) => {
+                            if !out.frames(buf, r, &mut p_w).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        Judged::One(at, n, action) => (at, n, action),
+                    };
                     let open = match action {
                         Outbound::Forward => out.frame(buf, at, n, &mut p_w).await,
                         Outbound::ForwardFirst(k) => out.copy(buf, &buf[at + 4..at + 4 + k], &mut p_w).await,
@@ -313,12 +354,18 @@ impl Relay {
                     if trace {
                         eprintln!("gate in {:?} -> {pass}", super::packet::parse(f));
                     }
-                    pass
+                    if pass {
+                        Judgement::<()>::Pass
+                    } else {
+                        Judgement::Skip
+                    }
                 });
                 let buf = rd.buf();
-                for (at, n, pass) in judged.drain(..) {
-                    if pass && !out.frame(buf, at, n, &mut g_w).await {
-                        return;
+                for j in judged.drain(..) {
+                    if let Judged::Run(r) = j {
+                        if !out.frames(buf, r, &mut g_w).await {
+                            return;
+                        }
                     }
                 }
                 if bad.is_none() && matches!(rd.next(at), Next::Frame(_)) {
@@ -445,20 +492,35 @@ mod tests {
             UnixStream::from_std(s).unwrap()
         };
         let relay = Relay::start_with(gate, tok(guest_theirs), tok(passt_theirs.into()), None, Vec::new).unwrap();
-        const FRAMES: usize = 3000;
-        let sizes: Vec<usize> = (0..FRAMES).map(|i| 20 + (i * 397) % 1450).collect();
-        let sent = sizes.clone();
-        std::thread::spawn(move || {
-            for n in sent {
-                let f = UdpPeer {
-                    mac: [2; 6],
-                    our_mac: [4; 6],
-                    addr: "203.0.113.5".parse().unwrap(),
-                    port: 9,
-                    our_addr: "10.0.2.15".parse().unwrap(),
-                    our_port: 4000,
+        // Mostly frames of one flow, forwarded unchanged in runs; some with
+        // bytes after the packet (forwarded cut), some from a multicast
+        // source MAC (dropped), which break the runs.
+        let mut frames = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..3000 {
+            let mut f = UdpPeer {
+                mac: [2; 6],
+                our_mac: [4; 6],
+                addr: "203.0.113.5".parse().unwrap(),
+                port: 9,
+                our_addr: "10.0.2.15".parse().unwrap(),
+                our_port: 4000,
+            }
+            // At most 1501 bytes: with the trailer still within the MTU.
+            .reply(&vec![0x5a; 20 + (i * 397) % 1440]);
+            match i % 11 {
+                5 => f[6] |= 1,
+                3 | 8 => {
+                    want.push(f.len());
+                    f.extend_from_slice(&[0xee; 6]);
                 }
-                .reply(&vec![0x5a; n]);
+                _ => want.push(f.len()),
+            }
+            frames.push(f);
+        }
+        let expected = want.len();
+        std::thread::spawn(move || {
+            for f in frames {
                 guest.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
                 guest.write_all(&f).unwrap();
             }
@@ -469,7 +531,7 @@ mod tests {
             passt.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let mut got = Vec::new();
             let mut buf = vec![0u8; 256 * 1024];
-            while got.len() < FRAMES {
+            while got.len() < expected {
                 // SAFETY: buf is valid for buf.len() bytes.
                 let n = unsafe { libc::recv(passt.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 assert!(n > 0, "recv: {}", std::io::Error::last_os_error());
@@ -482,8 +544,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let want: Vec<usize> = sizes.iter().map(|n| 14 + 20 + 8 + n).collect();
-        assert_eq!(got, want, "every frame arrives, whole and in order");
+        assert_eq!(got, want, "every frame passed arrives, whole, cut to its packet, in order");
         drop(relay);
     }
 }
