@@ -618,8 +618,23 @@ impl<F: CgroupFs> SandboxCgroup<F> {
 
 impl<F: CgroupFs> Drop for SandboxCgroup<F> {
     fn drop(&mut self) {
+        // Usually empty already (ns-init exited, after the kernel reaped the
+        // whole PID namespace): then removing it is all, with no kill and no
+        // polling. rmdir refuses a cgroup with a process in it (EBUSY), so
+        // trying it first removes nothing that is in use.
+        let dirs: Vec<PathBuf> = self
+            .dirs()
+            .into_iter()
+            .filter(|d| match self.fs.rmdir(d) {
+                Ok(()) => false,
+                Err(e) => e.kind() != io::ErrorKind::NotFound,
+            })
+            .map(Path::to_path_buf)
+            .collect();
+        if dirs.is_empty() {
+            return;
+        }
         self.kill_all();
-        let dirs: Vec<PathBuf> = self.dirs().into_iter().map(Path::to_path_buf).collect();
         for d in dirs {
             // An exiting task can hold the directory a moment longer.
             let mut last = None;

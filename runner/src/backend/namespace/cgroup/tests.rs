@@ -78,7 +78,13 @@ impl CgroupFs for Arc<Fake> {
         Ok(())
     }
     fn rmdir(&self, path: &Path) -> io::Result<()> {
+        // As the kernel: a cgroup with a process in it is busy.
+        let procs = self.files.lock().unwrap().get(&path.join("cgroup.procs")).cloned().unwrap_or_default();
+        if !pids_in(&procs).is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
         self.dirs.lock().unwrap().remove(path);
+        self.files.lock().unwrap().retain(|p, _| !p.starts_with(path));
         self.ops.lock().unwrap().push(format!("rmdir {}", path.display()));
         Ok(())
     }
@@ -372,6 +378,18 @@ fn test_drop_kills_then_removes_every_directory() {
     assert_eq!(after[0], "write /sys/fs/cgroup/unified/cordon-abc/cgroup.kill 1");
     let removed: Vec<String> = dirs.iter().map(|d| format!("rmdir {}", d.display())).collect();
     assert_eq!(after[1..], removed[..]);
+}
+
+/// The usual end: nothing left in it, so it is removed without a kill.
+#[test]
+fn test_drop_of_an_empty_cgroup_only_removes_it() {
+    let fs = Arc::new(Fake::new(HYBRID_CGROUP, HYBRID_MOUNTINFO, &[], &["cgroup.kill"]));
+    let cg = create(&fs, &LIMITS).0.expect("created");
+    let dirs: Vec<PathBuf> = cg.dirs().into_iter().map(Path::to_path_buf).collect();
+    let before = fs.ops().len();
+    drop(cg);
+    let removed: Vec<String> = dirs.iter().map(|d| format!("rmdir {}", d.display())).collect();
+    assert_eq!(fs.ops()[before..], removed[..]);
 }
 
 #[test]
