@@ -63,8 +63,7 @@ fn main() {
     let token = token::from_env();
     // Nothing this process inherited beyond stdio reaches a step: not
     // whatever cordon's own launcher left open, not the control socket.
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    cloexec_from(3);
     if std::env::var_os(cordon_protocol::boot::MODE_ENV).is_some() {
         // A namespace sandbox's steps share this process's uid: keep them out
         // of /proc/1/environ (the token's first copy) and /proc/1/mem.
@@ -93,6 +92,35 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Marks every descriptor from `first` up close-on-exec: close_range(2)
+/// with CLOSE_RANGE_CLOEXEC (Linux 5.11+), else each entry of
+/// /proc/self/fd, else each number below RLIMIT_NOFILE. A step must never
+/// inherit the control socket (it would read the runner's frames).
+fn cloexec_from(first: i32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    if unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0 {
+        return;
+    }
+    let listed: Option<Vec<i32>> = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect());
+    let fds = listed.unwrap_or_else(|| {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct it is given.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+        (first..rl.rlim_cur.clamp(1024, 1 << 20) as i32).collect()
+    });
+    for fd in fds.into_iter().filter(|fd| *fd >= first) {
+        // SAFETY: fcntl on a descriptor number; EBADF for a closed one is fine.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 fn pid1_main(t0: Instant) -> ! {

@@ -26,7 +26,7 @@ enum Proc {
 pub const ZYGOTE_COMM: &std::ffi::CStr = c"cordon-janitor";
 
 /// A janitor forked from cordon's `main` (prefork.rs), which learns its
-/// directory as the first line on its stdin.
+/// directory first on its stdin (NUL-terminated).
 pub struct Zygote {
     child: Forked,
     stdin: OwnedFd,
@@ -46,9 +46,14 @@ fn zygote_main() -> i32 {
     // SAFETY: prctl with a valid NUL-terminated name.
     unsafe { libc::prctl(libc::PR_SET_NAME, ZYGOTE_COMM.as_ptr()) };
     ignore_terminal_signals();
-    let mut line = String::new();
-    match std::io::stdin().read_line(&mut line) {
-        Ok(_) if line.ends_with('\n') => main(Path::new(line.trim_end_matches('\n'))),
+    // NUL-terminated: the one byte no path holds.
+    let mut dir = Vec::new();
+    // The lock ends with this statement: `main` reads stdin again.
+    let read = std::io::BufRead::read_until(&mut std::io::stdin().lock(), 0, &mut dir);
+    match read {
+        Ok(_) if dir.pop() == Some(0) => {
+            main(Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&dir)))
+        }
         _ => 0,
     }
 }
@@ -62,7 +67,7 @@ impl Janitor {
     pub fn start_with(dir: &Path, zygote: Option<Zygote>) -> std::io::Result<Janitor> {
         if let Some(z) = zygote {
             let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
-            line.push(b'\n');
+            line.push(0);
             // One write of less than PIPE_BUF bytes: whole or not at all.
             let n = nix::unistd::write(&z.stdin, &line)?;
             if n != line.len() {

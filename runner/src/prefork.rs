@@ -71,9 +71,11 @@ impl Forked {
     /// targets (`(ours, target)`), /dev/null on any of 0, 1, 2 not among
     /// them, and every other descriptor closed.
     ///
-    /// The caller must be single-threaded (see the module's doc).
+    /// An error where this process has threads (see the module's doc).
     pub fn spawn(fds: &[(RawFd, RawFd)], outlive: bool, body: impl FnOnce() -> i32) -> io::Result<Forked> {
-        debug_assert!(single_threaded(), "fork of a multi-threaded process");
+        if !single_threaded() {
+            return Err(io::Error::other("cordon has threads already: a forked helper could inherit a held lock"));
+        }
         let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
@@ -85,7 +87,11 @@ impl Forked {
         }
         if pid == 0 {
             child_setup(parent, fds, outlive, null.as_raw_fd());
-            let code = body();
+            // A panic must end the child here, not unwind into the copy of
+            // cordon's `main` (whose destructors would act on cordon's
+            // behalf: kill its janitor, close descriptor numbers that now
+            // mean something else).
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
             // SAFETY: _exit ends the child without running cordon's exit
             // handlers a second time.
             unsafe { libc::_exit(code) };
@@ -157,6 +163,9 @@ fn child_setup(parent: libc::pid_t, fds: &[(RawFd, RawFd)], outlive: bool, null:
             e = e.add(1);
         }
         libc::clearenv();
+        // No core file of a copy of cordon's memory, whatever cordon's limit.
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
         libc::setpgid(0, 0);
         if !outlive && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent) {
             libc::_exit(1);
@@ -173,6 +182,9 @@ fn child_setup(parent: libc::pid_t, fds: &[(RawFd, RawFd)], outlive: bool, null:
             moved.push((high, target));
         }
         let null_high = libc::fcntl(null, libc::F_DUPFD_CLOEXEC, HIGH);
+        if null_high < 0 {
+            libc::_exit(1);
+        }
         for std_fd in 0..3 {
             if !fds.iter().any(|&(_, t)| t == std_fd) && libc::dup2(null_high, std_fd) < 0 {
                 libc::_exit(1);
@@ -184,8 +196,13 @@ fn child_setup(parent: libc::pid_t, fds: &[(RawFd, RawFd)], outlive: bool, null:
                 libc::_exit(1);
             }
         }
-        let keep = fds.iter().map(|&(_, t)| t).max().unwrap_or(2).max(2);
-        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+        // Every other descriptor: a helper must never hold cordon's ends (a
+        // janitor holding its own stdin's write end would never see EOF),
+        // nor anything cordon's launcher left open.
+        let keep: Vec<RawFd> = fds.iter().map(|&(_, t)| t).collect();
+        if !crate::procs::close_fds_from(3, &keep) {
+            libc::_exit(1);
+        }
     }
 }
 

@@ -103,3 +103,39 @@ pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: see above.
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// Closes every descriptor from `first` up except those in `keep`:
+/// close_range(2) where the kernel has it (5.9+) and nothing in `keep` lies
+/// in the range, else one close per entry of /proc/self/fd, else one per
+/// number below RLIMIT_NOFILE. Whether all of it is closed; a caller that
+/// hands descriptors to a sandbox must stop on false. For a single-threaded
+/// process (it allocates).
+pub fn close_fds_from(first: i32, keep: &[i32]) -> bool {
+    let first = first.max(0);
+    if keep.iter().all(|&k| k < first) {
+        // SAFETY: close_range with integer arguments.
+        if unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) } == 0 {
+            return true;
+        }
+    }
+    let listed: Option<Vec<i32>> = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect());
+    let candidates: Vec<i32> = match listed {
+        Some(l) => l,
+        None => {
+            let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit fills the struct it is given.
+            if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+                return false;
+            }
+            (first..rl.rlim_cur.min(1 << 20) as i32).collect()
+        }
+    };
+    for fd in candidates.into_iter().filter(|fd| *fd >= first && !keep.contains(fd)) {
+        // SAFETY: closing a descriptor number; EBADF (already closed, or the
+        // directory read above, gone now) is fine.
+        unsafe { libc::close(fd) };
+    }
+    true
+}

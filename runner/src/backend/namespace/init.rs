@@ -229,8 +229,9 @@ pub fn main() -> ! {
     // Only stdio, the control socket and the sync socket go on: a descriptor
     // cordon's launcher leaked (a socket of the host's network, a directory)
     // must never reach the sandbox.
-    // SAFETY: close_range on descriptors this process does not use.
-    unsafe { libc::syscall(libc::SYS_close_range, (SYNC_FD + 1) as u32, u32::MAX, 0u32) };
+    if !crate::procs::close_fds_from(SYNC_FD + 1, &[]) {
+        std::process::exit(1);
+    }
     // As the host's root still: ns-init (the sandbox's anchor outside it)
     // is never the OOM killer's pick; PID 1 goes back to 0 after the fork.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");

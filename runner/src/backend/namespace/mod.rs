@@ -354,8 +354,13 @@ fn next_report(sync: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(Report, Opti
         let mut chunk = [0u8; 4096];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
-        let msg = recvmsg::<()>(sync.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(|e| format!("ns-init did not answer: {e}"))?;
+        let msg = match recvmsg::<()>(sync.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            // A signal for cordon (Ctrl-C): its handler has noted it, and the
+            // run acts on it once the sandbox is up (milliseconds away).
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("ns-init did not answer: {e}")),
+        };
         for c in msg.cmsgs().map_err(|e| format!("ns-init sent garbage: {e}"))? {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 for f in fds {
