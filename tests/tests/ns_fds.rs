@@ -29,6 +29,14 @@ fn with_leaked_socket(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `cordon run --isolation namespace` of a step that lists its descriptors.
+fn listing_step() -> Command {
+    let mut c = Command::new(cordon_bin());
+    c.env("CORDON_AGENT", static_agent_bin()).args(["run", "--isolation", "namespace", "--no-stdin", "--"]);
+    c.args(["sh", "-c", "ls /proc/$$/fd; :"]);
+    c
+}
+
 fn fds_of(listing: &str) -> Vec<String> {
     listing.split_whitespace().map(str::to_string).collect()
 }
@@ -38,17 +46,7 @@ fn test_no_inherited_descriptor_reaches_a_namespace_step() {
     // Positive control: a plain host process started the same way has fd 9.
     let host = with_leaked_socket(Command::new("sh").args(["-c", "ls /proc/$$/fd; :"]));
     assert!(fds_of(&host).contains(&"9".to_string()), "the leak is real: {host}");
-    let mut c = Command::new(cordon_bin());
-    c.env("CORDON_AGENT", static_agent_bin()).args([
-        "run",
-        "--isolation",
-        "namespace",
-        "--no-stdin",
-        "--",
-        "sh",
-        "-c",
-        "ls /proc/$$/fd; :",
-    ]);
+    let mut c = listing_step();
     let inside = with_leaked_socket(&mut c);
     assert_eq!(fds_of(&inside), ["0", "1", "2"], "a step holds only stdio: {inside}");
 }
@@ -107,17 +105,7 @@ fn test_no_inherited_descriptor_reaches_a_step_without_close_range() {
     let e = probe.status().expect_err("the probe reports close_range's error");
     assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "{e}");
 
-    let mut c = Command::new(cordon_bin());
-    c.env("CORDON_AGENT", static_agent_bin()).args([
-        "run",
-        "--isolation",
-        "namespace",
-        "--no-stdin",
-        "--",
-        "sh",
-        "-c",
-        "ls /proc/$$/fd; :",
-    ]);
+    let mut c = listing_step();
     without_close_range(&mut c);
     let inside = with_leaked_socket(&mut c);
     assert_eq!(fds_of(&inside), ["0", "1", "2"], "a step holds only stdio: {inside}");
