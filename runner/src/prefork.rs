@@ -34,7 +34,8 @@ impl Prefork {
         use crate::backend::Kind;
         // The VM's helpers are other programs (QEMU, passt), spawned as ever.
         let (kind, _) = crate::backend::select(plan.isolation, plan.accel);
-        if kind != Kind::Namespace || !single_threaded() {
+        // Forked::spawn itself refuses where there are threads.
+        if kind != Kind::Namespace {
             return Prefork::default();
         }
         let janitor = JanitorZygote::fork().inspect_err(|e| tracing::debug!(error = %e, "forking the janitor")).ok();
