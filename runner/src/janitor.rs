@@ -1,10 +1,15 @@
 //! The janitor: a tiny process (`cordon __janitor DIR`) that outlives a
 //! SIGKILLed cordon just long enough to remove its temp directory. It waits
 //! for end-of-file on its stdin, whose only writer is cordon; then it kills
-//! any helper still listed in DIR/pids and removes DIR.
+//! any helper still listed in DIR/pids, removes the cgroups listed in
+//! DIR/cgroups, and removes DIR. At a run's normal end cordon first writes
+//! `DONE`: its helpers are reaped (their pids free for reuse: nothing is
+//! killed), and the janitor removes DIR at once, while cordon removes the
+//! cgroups; at end-of-file it removes any of them still there (cordon died
+//! in between).
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -96,6 +101,23 @@ impl Janitor {
     }
 }
 
+/// The byte that tells the janitor the run ended normally.
+const DONE: u8 = b'D';
+
+impl Janitor {
+    /// The run ended normally and every helper is reaped: the janitor removes
+    /// the directory now, alongside the rest of cordon's teardown. Whether it
+    /// got the message is what it returns: if not, cordon removes the
+    /// directory itself. Dropping the janitor waits for it.
+    pub fn finish(&mut self) -> bool {
+        let stdin = match &mut self.child {
+            Proc::Spawned(c) => c.stdin.as_ref().map(|s| s.as_fd()),
+            Proc::Forked(_, stdin) => stdin.as_ref().map(|s| s.as_fd()),
+        };
+        stdin.is_some_and(|w| nix::unistd::write(w, &[DONE]) == Ok(1))
+    }
+}
+
 impl Drop for Janitor {
     fn drop(&mut self) {
         // Closing stdin tells it to clean up now; wait so the directory is
@@ -124,15 +146,15 @@ fn ignore_terminal_signals() {
 }
 
 /// Removes cgroup directories cordon made (named `cordon-*` under
-/// /sys/fs/cgroup), retrying for a few seconds while they empty.
-fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>) {
+/// /sys/fs/cgroup), retrying for up to `patience` while they empty.
+fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>, patience: std::time::Duration) {
     let dirs: Vec<&Path> = dirs
         .filter(|d| {
             d.starts_with("/sys/fs/cgroup")
                 && d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-"))
         })
         .collect();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let until = std::time::Instant::now() + patience;
     for d in dirs {
         while std::fs::remove_dir(d).is_err() && d.exists() && std::time::Instant::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -144,14 +166,41 @@ fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>) {
 pub fn main(dir: &Path) -> ! {
     ignore_terminal_signals();
     let mut buf = [0u8; 64];
+    // Read before the directory goes: the cgroups cordon is removing.
+    let mut cgroups = None;
     loop {
         match std::io::stdin().read(&mut buf) {
             Ok(0) => break,
+            Ok(n) if cgroups.is_none() && buf[..n].contains(&DONE) => {
+                cgroups = Some(std::fs::read_to_string(dir.join("cgroups")).unwrap_or_default());
+                remove_dir(dir);
+            }
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
+    match cgroups {
+        // Gone already, unless cordon died while removing them (after its
+        // sandbox was gone: no waiting for them to empty).
+        Some(list) => remove_cgroups(list.lines().map(Path::new), std::time::Duration::ZERO),
+        None => {
+            clean_after(dir);
+            remove_dir(dir);
+        }
+    }
+    std::process::exit(0)
+}
+
+fn remove_dir(dir: &Path) {
+    // Only ever remove a cordon temp dir.
+    if dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-")) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// What a cordon that died left: helpers still running, cgroups.
+fn clean_after(dir: &Path) {
     if let Ok(s) = std::fs::read_to_string(dir.join("pids")) {
         for line in s.lines() {
             if let Some((pid, name)) = line.split_once(' ') {
@@ -164,11 +213,6 @@ pub fn main(dir: &Path) -> ! {
     // A namespace sandbox's cgroups: empty once its processes are gone (they
     // die with ns-init), removable only then; give them a moment.
     if let Ok(s) = std::fs::read_to_string(dir.join("cgroups")) {
-        remove_cgroups(s.lines().map(Path::new));
+        remove_cgroups(s.lines().map(Path::new), std::time::Duration::from_secs(5));
     }
-    // Only ever remove a cordon temp dir.
-    if dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-")) {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    std::process::exit(0)
 }

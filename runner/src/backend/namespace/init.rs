@@ -2,21 +2,25 @@
 //! Single-threaded, before any runtime, because unshare(CLONE_NEWUSER)
 //! demands it. Its steps, each answered over the sync socket (fd 4):
 //!
-//! 1. read the Spec;
-//! 2. with a tap (root only): a new network namespace, still owned by the
-//!    host's user namespace (so the sandbox's root has no CAP_NET_ADMIN or
-//!    CAP_NET_RAW over it), the tap created and configured inside it, its fd
-//!    sent to cordon for the gate;
-//! 3. join the sandbox's v1 cgroups and open its v2 one (`cgjoin`);
+//! 1. as root, at once: the sandbox's network namespace, owned by the host's
+//!    user namespace (so the sandbox's root has no CAP_NET_ADMIN or
+//!    CAP_NET_RAW over it), its loopback up; this runs while cordon makes
+//!    the run's directory;
+//! 2. read the Spec;
+//! 3. with a tap (root only): the tap created and configured in that
+//!    namespace, its fd sent to cordon for the gate;
 //! 4. open the host paths it will bind (the mapped root cannot walk the
-//!    host's 0700 directories);
-//! 5. a new user namespace; cordon writes the id maps, then says go;
-//! 6. new mount, PID, IPC and UTS namespaces (and network, without a tap:
-//!    loopback only), then fork, the child into the v2 cgroup: the child is
-//!    PID 1, in a cgroup namespace of its own, builds the root
-//!    (`sys::setup_root`), confines itself (`confine::apply`) and becomes the
-//!    agent, serving the protocol on fd 3. This process waits for it and
-//!    exits with its status; both die with cordon (PR_SET_PDEATHSIG).
+//!    host's 0700 directories); cordon makes the cgroups meanwhile;
+//! 5. read the `Cgroups`; join the sandbox's v1 cgroups and open its v2 one
+//!    (`cgjoin`);
+//! 6. a new user namespace; cordon writes the id maps, then says go;
+//! 7. new mount, PID, IPC and UTS namespaces (and, for a normal user, a
+//!    network namespace with loopback only), then fork, the child into the
+//!    v2 cgroup: the child is PID 1, in a cgroup namespace of its own,
+//!    builds the root (`sys::setup_root`), confines itself
+//!    (`confine::apply`) and becomes the agent, serving the protocol on
+//!    fd 3. This process waits for it and exits with its status; both die
+//!    with cordon (PR_SET_PDEATHSIG).
 
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
@@ -64,10 +68,25 @@ pub struct Spec {
     /// The gid range allowed unprivileged ICMP sockets in the tap's network
     /// namespace (its sysctl starts closed, "1 0").
     pub ping_gids: Option<(u32, u32)>,
-    /// The sandbox's cgroup directories in v1 hierarchies (ns-init joins them).
-    pub cgroup_v1: Vec<PathBuf>,
+}
+
+/// cordon's second message: the sandbox's cgroups, made while ns-init
+/// builds the network namespace and binds the root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cgroups {
+    /// Its directories in v1 hierarchies (ns-init joins them).
+    pub v1: Vec<PathBuf>,
     /// Its v2 directory (PID 1 starts in it).
-    pub cgroup_v2: Option<PathBuf>,
+    pub v2: Option<PathBuf>,
+}
+
+impl Cgroups {
+    pub fn line(&self) -> Vec<u8> {
+        let mut l = serde_json::to_vec(self).expect("cgroups serialize");
+        l.push(b'\n');
+        l
+    }
 }
 
 /// Messages from ns-init to cordon, one JSON line each.
@@ -239,6 +258,13 @@ pub fn main() -> ! {
     let parent = unsafe { libc::getppid() };
     // SAFETY: cordon passes the sync socket as fd 4; nothing else owns it.
     let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
+    let root = nix::unistd::geteuid().is_root();
+    // As the host's root, first: the network namespace (the costliest to
+    // make) while cordon is still making the run's directory. Owned by the
+    // host's user namespace, so the sandbox's root cannot reconfigure it;
+    // loopback is brought up here for the same reason. A failure is
+    // reported once cordon listens for reports (after the spec).
+    let early_net = root.then(|| nix::sched::unshare(CloneFlags::CLONE_NEWNET).map(|()| super::tap::loopback_up()));
     recv_log(&mut sync);
     let mut pending = Vec::new();
     let spec: Spec = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
@@ -246,18 +272,14 @@ pub fn main() -> ! {
         Ok(Err(e)) => fail(&mut sync, "reading the spec", e),
         Err(e) => fail(&mut sync, "reading the spec", e),
     };
-    // The cgroups first, as the host's user that owns them: everything from
-    // here on is charged to the sandbox.
-    if let Err(e) = super::cgjoin::join_v1(&spec.cgroup_v1) {
-        fail(&mut sync, "moving the sandbox into its cgroup", e);
+    if let Some(Err(e)) = early_net {
+        fail(&mut sync, "a network namespace", e);
     }
-    let cgroup_v2 = match spec.cgroup_v2.as_deref().map(super::cgjoin::open_v2).transpose() {
-        Ok(fd) => fd,
-        Err(e) => fail(&mut sync, "opening the sandbox's cgroup", e),
-    };
     if let Some(net) = &spec.tap {
-        if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
-            fail(&mut sync, "a network namespace for the tap", e);
+        if early_net.is_none() {
+            if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
+                fail(&mut sync, "a network namespace for the tap", e);
+            }
         }
         let tap = match super::tap::create("tap0") {
             Ok(t) => t,
@@ -284,12 +306,25 @@ pub fn main() -> ! {
         stage: spec.stage.clone(),
         tmpfs_bytes: spec.tmpfs_bytes,
     };
-    let root = nix::unistd::geteuid().is_root();
     if root {
         // Binds as the host's root, in a mount namespace of its own, before the
         // user namespace: its mapped root could not walk the host's 0700 paths.
         prepare(&mut sync, &plan, CloneFlags::empty());
     }
+    let cgroups: Cgroups = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => fail(&mut sync, "reading the cgroups", e),
+        Err(e) => fail(&mut sync, "reading the cgroups", e),
+    };
+    // The cgroups as the host's user that owns them, before the user
+    // namespace: the sandbox's own processes are all made after this.
+    if let Err(e) = super::cgjoin::join_v1(&cgroups.v1) {
+        fail(&mut sync, "moving the sandbox into its cgroup", e);
+    }
+    let cgroup_v2 = match cgroups.v2.as_deref().map(super::cgjoin::open_v2).transpose() {
+        Ok(fd) => fd,
+        Err(e) => fail(&mut sync, "opening the sandbox's cgroup", e),
+    };
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
         fail(&mut sync, "a user namespace", e);
     }
@@ -301,7 +336,7 @@ pub fn main() -> ! {
     };
     let mut flags =
         CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-    if spec.tap.is_none() {
+    if early_net.is_none() && spec.tap.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if let Err(e) = nix::sched::unshare(flags) {
@@ -350,7 +385,9 @@ pub fn main() -> ! {
     // PID 1 of the sandbox from here on: back within the OOM killer's reach
     // (raising the score needs no privilege), like everything it starts.
     let _ = std::fs::write("/proc/self/oom_score_adj", "0");
-    if spec.tap.is_none() {
+    if early_net.is_none() && spec.tap.is_none() {
+        // A normal user's network namespace is the sandbox's user
+        // namespace's: loopback comes up from in here.
         crate::backend::namespace::tap::loopback_up();
     }
     if let Err(e) = sys::finish_root(&mut sys::Real, &plan) {

@@ -121,13 +121,20 @@ impl Drop for Guard {
             }
             c.wait_exit(Duration::from_secs(2));
         }
-        // Dropping the cgroup kills what is left in it, waits for it to
-        // empty and removes it.
-        drop(self.cgroup.take());
         if let Some(t) = self.tap_pump.take() {
             t.abort();
         }
+        // passt is reaped here: every helper is, from now on.
         drop(self.link.take());
+        // The janitor removes the directory while the cgroup goes.
+        if let (Some(j), Some(d)) = (self.janitor.as_mut(), self.dir.as_mut()) {
+            if j.finish() {
+                d.disable_cleanup(true);
+            }
+        }
+        // Dropping the cgroup kills what is left in it, waits for it to
+        // empty and removes it.
+        drop(self.cgroup.take());
         drop(self.dir.take());
         drop(self.janitor.take());
     }
@@ -200,7 +207,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     let stage = d.join("stage");
     std::fs::create_dir(&stage).map_err(spawn_err("stage dir"))?;
     let token = new_token();
-    let mut spec = Spec {
+    let spec = Spec {
         image_root: (plan.rootfs == RootfsChoice::Image)
             .then(|| userland.as_ref().map(|u| u.tree()).unwrap_or_else(|| rootfs.clone())),
         agent_in_image: plan.rootfs == RootfsChoice::Image && userland.is_none(),
@@ -218,8 +225,6 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
         // ICMP echo through unprivileged ICMP sockets for the sandbox's ids
         // (no raw sockets there); the gate judges it like any flow.
         ping_gids: (root && plan.gated()).then_some((gid_base, gid_base + map_len - 1)),
-        cgroup_v1: Vec::new(),
-        cgroup_v2: None,
     };
 
     let logf = std::fs::File::create(d.join("ns.log")).map_err(spawn_err("ns.log"))?;
@@ -247,23 +252,26 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     guard.init = Some(child);
     init::send_log(&sync_ours, &logf).map_err(spawn_err("ns-init"))?;
     drop(logf);
-    // ns-init starts (exec, loading) while the cgroup is made; it joins the
-    // cgroup itself (cgjoin.rs), first thing once it has the spec.
+    use std::io::Write;
+    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
+    line.push(b'\n');
+    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
+    // ns-init binds the root while the cgroup is made; it joins the cgroup
+    // itself (cgjoin.rs) once it has this second message.
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
     // Its own random name: cgroup paths are world-readable, the token is not.
     let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &new_token()[..12]), &limits);
+    let mut cgroups = init::Cgroups::default();
     if let Some(cg) = &cg {
         // For the janitor: a SIGKILLed cordon must not leave them behind.
         let dirs: Vec<String> = cg.dirs().iter().map(|p| p.display().to_string()).collect();
         let _ = std::fs::write(d.join("cgroups"), dirs.join("\n"));
-        spec.cgroup_v1 = cg.v1_dirs();
-        spec.cgroup_v2 = cg.v2_dir().map(PathBuf::from);
+        cgroups = init::Cgroups { v1: cg.v1_dirs(), v2: cg.v2_dir().map(PathBuf::from) };
     }
     guard.cgroup = cg;
-    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
-    line.push(b'\n');
-    use std::io::Write;
-    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
+    // A failed write is ns-init gone after a failure of its own: the
+    // handshake reads its report.
+    let _ = sync_ours.write_all(&cgroups.line());
     let nproc_max =
         (!layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids")).then_some(plan.pids_max);
     let maps = IdMaps { root, uid_base, gid_base, len: map_len, nproc_max };
