@@ -1,14 +1,18 @@
 //! The janitor: a tiny process (`cordon __janitor DIR`) that outlives a
-//! SIGKILLed cordon just long enough to remove its temp directory. It waits
-//! for end-of-file on its stdin, whose only writer is cordon; then it kills
-//! any helper still listed in DIR/pids, removes the cgroups listed in
-//! DIR/cgroups, and removes DIR. At a run's normal end cordon first writes
-//! `DONE`: its helpers are reaped (their pids free for reuse: nothing is
-//! killed), and the janitor removes DIR at once, while cordon removes the
-//! cgroups; at end-of-file it removes any of them still there (cordon died
-//! in between).
+//! SIGKILLed cordon just long enough to remove what the run left. Its
+//! stdin, whose only writer is cordon, carries NUL-terminated records (a
+//! pipe, not files in DIR: no disk writes on a run's path):
+//!
+//! - `P<pid> <name>`: a helper to kill if cordon dies first;
+//! - `C<path>`: a sandbox cgroup to remove;
+//! - `D`: the run ended normally, every helper is reaped (their pids free
+//!   for reuse: nothing is killed from here on). DIR is removed at once,
+//!   while cordon removes the cgroups; at end-of-file any of those still
+//!   there are removed too (cordon died in between).
+//!
+//! At end-of-file without `D` (cordon died), it kills the helpers, removes
+//! the cgroups (waiting a little for them to empty) and DIR.
 
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +21,6 @@ use crate::prefork::Forked;
 
 pub struct Janitor {
     child: Proc,
-    dir: PathBuf,
 }
 
 /// The janitor process: spawned by exec, or forked early (prefork.rs); in
@@ -78,7 +81,7 @@ impl Janitor {
             if n != line.len() {
                 return Err(std::io::Error::other("short write to the janitor"));
             }
-            return Ok(Janitor { child: Proc::Forked(z.child, Some(z.stdin)), dir: dir.to_path_buf() });
+            return Ok(Janitor { child: Proc::Forked(z.child, Some(z.stdin)) });
         }
         // This very binary, even when a rebuild or an upgrade replaced the
         // file since cordon started (its path then names the new one, or
@@ -89,32 +92,42 @@ impl Janitor {
         // cordon. Without a pre_exec hook std spawns by posix_spawn (vfork),
         // not by copying cordon's address space first.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        Ok(Janitor { child: Proc::Spawned(cmd.spawn()?), dir: dir.to_path_buf() })
+        Ok(Janitor { child: Proc::Spawned(cmd.spawn()?) })
     }
 
     /// Records a helper for the janitor to kill if cordon dies first.
     pub fn track(&self, pid: u32, name: &str) {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("pids")) {
-            let _ = writeln!(f, "{pid} {name}");
+        self.send(&format!("P{pid} {name}"));
+    }
+
+    /// Records a sandbox cgroup for the janitor to remove if cordon dies.
+    pub fn track_cgroup(&self, dir: &Path) {
+        self.send(&format!("C{}", dir.display()));
+    }
+
+    /// One record, in one write (under PIPE_BUF: never interleaved or split).
+    fn send(&self, record: &str) -> bool {
+        let mut b = record.as_bytes().to_vec();
+        if b.contains(&0) || b.len() >= 4096 {
+            return false;
+        }
+        b.push(0);
+        self.stdin().is_some_and(|w| nix::unistd::write(w, &b) == Ok(b.len()))
+    }
+
+    fn stdin(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.child {
+            Proc::Spawned(c) => c.stdin.as_ref().map(|s| s.as_fd()),
+            Proc::Forked(_, stdin) => stdin.as_ref().map(|s| s.as_fd()),
         }
     }
-}
 
-/// The byte that tells the janitor the run ended normally.
-const DONE: u8 = b'D';
-
-impl Janitor {
     /// The run ended normally and every helper is reaped: the janitor removes
     /// the directory now, alongside the rest of cordon's teardown. Whether it
     /// got the message is what it returns: if not, cordon removes the
     /// directory itself. Dropping the janitor waits for it.
     pub fn finish(&mut self) -> bool {
-        let stdin = match &mut self.child {
-            Proc::Spawned(c) => c.stdin.as_ref().map(|s| s.as_fd()),
-            Proc::Forked(_, stdin) => stdin.as_ref().map(|s| s.as_fd()),
-        };
-        stdin.is_some_and(|w| nix::unistd::write(w, &[DONE]) == Ok(1))
+        self.send("D")
     }
 }
 
@@ -165,29 +178,48 @@ fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>, patience: std::time:
 /// Entry point of `cordon __janitor DIR`.
 pub fn main(dir: &Path) -> ! {
     ignore_terminal_signals();
-    let mut buf = [0u8; 64];
-    // Read before the directory goes: the cgroups cordon is removing.
-    let mut cgroups = None;
+    let mut helpers: Vec<(u32, String)> = Vec::new();
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    let mut done = false;
+    let mut input = std::io::stdin().lock();
     loop {
-        match std::io::stdin().read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) if cgroups.is_none() && buf[..n].contains(&DONE) => {
-                cgroups = Some(std::fs::read_to_string(dir.join("cgroups")).unwrap_or_default());
-                remove_dir(dir);
-            }
-            Ok(_) => continue,
+        let mut rec = Vec::new();
+        match std::io::BufRead::read_until(&mut input, 0, &mut rec) {
+            // End-of-file (a partial record: cordon died mid-write).
+            Ok(_) if rec.pop() != Some(0) => break,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
-    }
-    match cgroups {
-        // Gone already, unless cordon died while removing them (after its
-        // sandbox was gone: no waiting for them to empty).
-        Some(list) => remove_cgroups(list.lines().map(Path::new), std::time::Duration::ZERO),
-        None => {
-            clean_after(dir);
-            remove_dir(dir);
+        let Some((&tag, rest)) = rec.split_first() else { continue };
+        match tag {
+            b'P' if !done => {
+                let text = String::from_utf8_lossy(rest);
+                if let Some((pid, name)) = text.split_once(' ') {
+                    if let Ok(pid) = pid.parse() {
+                        helpers.push((pid, name.to_string()));
+                    }
+                }
+            }
+            b'C' => cgroups.push(PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rest))),
+            b'D' if rest.is_empty() && !done => {
+                done = true;
+                helpers.clear();
+                remove_dir(dir);
+            }
+            _ => {}
         }
+    }
+    for (pid, name) in &helpers {
+        crate::procs::kill_if_named(*pid, name);
+    }
+    // A namespace sandbox's cgroups: empty once its processes are gone (they
+    // die with ns-init), removable only then: a moment's patience, unless
+    // cordon said its sandbox is gone.
+    let patience = if done { std::time::Duration::ZERO } else { std::time::Duration::from_secs(5) };
+    remove_cgroups(cgroups.iter().map(PathBuf::as_path), patience);
+    if !done {
+        remove_dir(dir);
     }
     std::process::exit(0)
 }
@@ -196,23 +228,5 @@ fn remove_dir(dir: &Path) {
     // Only ever remove a cordon temp dir.
     if dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-")) {
         let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-/// What a cordon that died left: helpers still running, cgroups.
-fn clean_after(dir: &Path) {
-    if let Ok(s) = std::fs::read_to_string(dir.join("pids")) {
-        for line in s.lines() {
-            if let Some((pid, name)) = line.split_once(' ') {
-                if let Ok(pid) = pid.parse() {
-                    crate::procs::kill_if_named(pid, name);
-                }
-            }
-        }
-    }
-    // A namespace sandbox's cgroups: empty once its processes are gone (they
-    // die with ns-init), removable only then; give them a moment.
-    if let Ok(s) = std::fs::read_to_string(dir.join("cgroups")) {
-        remove_cgroups(s.lines().map(Path::new), std::time::Duration::from_secs(5));
     }
 }

@@ -84,6 +84,8 @@ struct Guard {
     tap_pump: Option<tokio::task::JoinHandle<()>>,
     cgroup: Option<cgroup::SandboxCgroup>,
     dir: Option<tempfile::TempDir>,
+    /// ns-init's and the agent's stdout and stderr (a memfd).
+    log: Option<std::fs::File>,
     janitor: Option<Janitor>,
     /// Keeps the userland image from being removed while the sandbox runs.
     _image: Option<crate::image::userland::InUse>,
@@ -101,8 +103,7 @@ impl super::SandboxGuard for Guard {
     }
 
     fn diagnostics(&self) -> String {
-        let log = self.dir.as_ref().map(|d| crate::backend::vm::console::file_tail(&d.path().join("ns.log"), 20));
-        log.unwrap_or_default()
+        self.log.as_ref().map(|f| crate::backend::vm::console::open_file_tail(f, 20)).unwrap_or_default()
     }
 }
 
@@ -177,6 +178,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
         tap_pump: None,
         cgroup: None,
         dir: Some(dir),
+        log: None,
         janitor: Some(janitor),
         _image: image_hold,
         acked: false,
@@ -227,7 +229,10 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
         ping_gids: (root && plan.gated()).then_some((gid_base, gid_base + map_len - 1)),
     };
 
-    let logf = std::fs::File::create(d.join("ns.log")).map_err(spawn_err("ns.log"))?;
+    // In memory, not in the run's directory: no disk write on the way.
+    let logf = nix::sys::memfd::memfd_create(c"cordon-ns-log", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map(std::fs::File::from)
+        .map_err(|e| spawn_err("ns-init's log")(e.into()))?;
     let (child, control_ours, mut sync_ours) = match pre.ns_init {
         Some(z) => (InitProc::Forked(z.child), z.control, z.sync),
         None => {
@@ -235,8 +240,8 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
             let (sync_ours, sync_theirs) = UnixStream::pair().map_err(spawn_err("socketpair"))?;
             let mut cmd = std::process::Command::new(crate::procs::SELF_EXE);
             cmd.arg("__ns-init").stdin(Stdio::null()).env_clear();
-            cmd.stdout(logf.try_clone().map_err(spawn_err("ns.log"))?)
-                .stderr(logf.try_clone().map_err(spawn_err("ns.log"))?);
+            cmd.stdout(logf.try_clone().map_err(spawn_err("ns-init's log"))?)
+                .stderr(logf.try_clone().map_err(spawn_err("ns-init's log"))?);
             crate::procs::pass_fd(&mut cmd, control_theirs.as_raw_fd(), init::CONTROL_FD);
             crate::procs::pass_fd(&mut cmd, sync_theirs.as_raw_fd(), init::SYNC_FD);
             crate::procs::die_with_parent(&mut cmd);
@@ -251,7 +256,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     }
     guard.init = Some(child);
     init::send_log(&sync_ours, &logf).map_err(spawn_err("ns-init"))?;
-    drop(logf);
+    guard.log = Some(logf);
     use std::io::Write;
     let mut line = serde_json::to_vec(&spec).expect("spec serializes");
     line.push(b'\n');
@@ -264,8 +269,9 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     let mut cgroups = init::Cgroups::default();
     if let Some(cg) = &cg {
         // For the janitor: a SIGKILLed cordon must not leave them behind.
-        let dirs: Vec<String> = cg.dirs().iter().map(|p| p.display().to_string()).collect();
-        let _ = std::fs::write(d.join("cgroups"), dirs.join("\n"));
+        if let Some(j) = &guard.janitor {
+            cg.dirs().iter().for_each(|p| j.track_cgroup(p));
+        }
         cgroups = init::Cgroups { v1: cg.v1_dirs(), v2: cg.v2_dir().map(PathBuf::from) };
     }
     guard.cgroup = cg;
@@ -279,7 +285,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     let (tap, confined) = match handshake {
         Ok(x) => x,
         Err(why) => {
-            let console = std::fs::read_to_string(d.join("ns.log")).unwrap_or_default();
+            let console = guard.log.as_ref().map(crate::backend::vm::console::open_file_all).unwrap_or_default();
             return Err(BackendError::Boot { why, console: crate::term::sanitize(console.trim()) });
         }
     };

@@ -158,19 +158,41 @@ fn sanitize(line: &str) -> String {
 /// The last `n` lines of a helper's log file, reading at most its last
 /// 64 KiB: the file is small, but only its tail is of interest.
 pub fn file_tail(path: &std::path::Path, n: usize) -> String {
-    use std::io::{Seek, SeekFrom};
+    match std::fs::File::open(path) {
+        Ok(f) => open_file_tail(&f, n),
+        Err(_) => String::new(),
+    }
+}
+
+/// As `file_tail`, for a file already open (read from its start, whatever
+/// its offset).
+pub fn open_file_tail(f: &std::fs::File, n: usize) -> String {
+    let (text, cut) = read_end(f);
+    tail_lines(&text, n, cut)
+}
+
+/// The whole of an open file's text, up to its last 64 KiB.
+pub fn open_file_all(f: &std::fs::File) -> String {
+    read_end(f).0
+}
+
+/// The last 64 KiB of `f` (by positioned reads: the shared offset of a
+/// file another process writes is left alone), and whether it was cut.
+fn read_end(f: &std::fs::File) -> (String, bool) {
+    use std::os::unix::fs::FileExt;
     const MAX: u64 = 64 * 1024;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let from = len.saturating_sub(MAX);
-    if f.seek(SeekFrom::Start(from)).is_err() {
-        return String::new();
+    let mut b = vec![0u8; (len - from) as usize];
+    let mut got = 0;
+    while got < b.len() {
+        match f.read_at(&mut b[got..], from + got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got += k,
+        }
     }
-    let mut b = Vec::new();
-    let _ = f.take(MAX).read_to_end(&mut b);
-    tail_lines(&String::from_utf8_lossy(&b), n, from > 0)
+    b.truncate(got);
+    (String::from_utf8_lossy(&b).into_owned(), from > 0)
 }
 
 #[cfg(test)]

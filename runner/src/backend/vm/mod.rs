@@ -80,6 +80,13 @@ impl Drop for VmGuard {
             let _ = d.start_kill();
             wait_exit(&mut d, Duration::from_secs(2));
         }
+        // Every helper is reaped: the janitor removes the directory (and
+        // kills nothing whose pid may now be another's).
+        if let (Some(j), Some(d)) = (self.janitor.as_mut(), self.dir.as_mut()) {
+            if j.finish() {
+                d.disable_cleanup(true);
+            }
+        }
         drop(self.dir.take());
         drop(self.janitor.take());
     }
