@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     if argv.len() == 2 && argv[1] == "__ns-init" {
         cordon::backend::namespace::init::main();
     }
+    // While this process has one thread and has touched little memory:
+    // forked helpers then cost a fork, not an exec of cordon each.
+    let pre = cordon::prefork::Prefork::early(&argv);
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -36,9 +39,7 @@ fn main() -> ExitCode {
             if let Some(line) = plan.network_source() {
                 cordon::term::say(&line);
             }
-            // While this process has one thread: forked helpers then cost a
-            // fork, not an exec of cordon each.
-            let pre = cordon::prefork::Prefork::for_plan(&plan);
+            let pre = pre.keep_for(&plan);
             // One thread: PR_SET_PDEATHSIG of helpers is tied to the spawning
             // thread, which must live as long as the run.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();

@@ -26,21 +26,32 @@ pub struct Prefork {
 }
 
 impl Prefork {
-    /// Forks the helpers the namespace backend will need, when `plan`
-    /// selects it: the janitor and ns-init. Nothing where this process
-    /// has threads already; a fork that fails leaves that helper to be
-    /// spawned later, so a run never fails here.
-    pub fn for_plan(plan: &crate::plan::Plan) -> Prefork {
+    /// Forks the helpers a namespace run needs (the janitor and ns-init) at
+    /// the very start of a `cordon run`, before the command line is parsed:
+    /// the less memory cordon has touched, the cheaper the forks and the
+    /// copy-on-write faults after them. `keep_for` drops them again where
+    /// the plan picks another backend. Nothing where this process has
+    /// threads already; a fork that fails leaves that helper to be spawned
+    /// later, so a run never fails here.
+    pub fn early(argv: &[std::ffi::OsString]) -> Prefork {
+        if argv.get(1).map(|a| a.as_os_str()) != Some(std::ffi::OsStr::new("run")) {
+            return Prefork::default();
+        }
+        let janitor = JanitorZygote::fork().ok();
+        let ns_init = NsInitZygote::fork().ok();
+        Prefork { ns_init, janitor }
+    }
+
+    /// The helpers, if `plan` runs in namespaces; else none (those forked
+    /// are killed and reaped).
+    pub fn keep_for(self, plan: &crate::plan::Plan) -> Prefork {
         use crate::backend::Kind;
         // The VM's helpers are other programs (QEMU, passt), spawned as ever.
         let (kind, _) = crate::backend::select(plan.isolation, plan.accel);
-        // Forked::spawn itself refuses where there are threads.
         if kind != Kind::Namespace {
             return Prefork::default();
         }
-        let janitor = JanitorZygote::fork().inspect_err(|e| tracing::debug!(error = %e, "forking the janitor")).ok();
-        let ns_init = NsInitZygote::fork().inspect_err(|e| tracing::debug!(error = %e, "forking ns-init")).ok();
-        Prefork { ns_init, janitor }
+        self
     }
 }
 
