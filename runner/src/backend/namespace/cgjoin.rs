@@ -19,14 +19,31 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// Moves this (single-threaded) process into each v1 directory.
-pub fn join_v1(dirs: &[PathBuf]) -> std::io::Result<()> {
+/// Moves this (single-threaded) process into each v1 directory. Returns
+/// each parent directory's `tasks`, opened while this process is still the
+/// host's user that owns them (the kernel checks the opener's credentials),
+/// for `leave_v1`.
+pub fn join_v1(dirs: &[PathBuf]) -> std::io::Result<Vec<std::fs::File>> {
+    let mut parents = Vec::new();
     for d in dirs {
         let f = d.join("tasks");
         let r = std::fs::OpenOptions::new().write(true).open(&f).and_then(|mut h| h.write_all(b"0"));
         r.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
+        if let Some(p) = d.parent() {
+            parents.extend(std::fs::OpenOptions::new().write(true).open(p.join("tasks")));
+        }
     }
-    Ok(())
+    Ok(parents)
+}
+
+/// Moves this process back out of the sandbox's v1 directories (once PID 1
+/// exists and holds them), so that they empty when the sandbox does, not
+/// when ns-init is gone too. Best effort: a directory still holding ns-init
+/// is only removed later.
+pub fn leave_v1(parents: Vec<std::fs::File>) {
+    for mut p in parents {
+        let _ = p.write_all(b"0");
+    }
 }
 
 /// The v2 directory, opened for `clone_into`.

@@ -318,9 +318,10 @@ pub fn main() -> ! {
     };
     // The cgroups as the host's user that owns them, before the user
     // namespace: the sandbox's own processes are all made after this.
-    if let Err(e) = super::cgjoin::join_v1(&cgroups.v1) {
-        fail(&mut sync, "moving the sandbox into its cgroup", e);
-    }
+    let cgroup_parents = match super::cgjoin::join_v1(&cgroups.v1) {
+        Ok(p) => p,
+        Err(e) => fail(&mut sync, "moving the sandbox into its cgroup", e),
+    };
     let cgroup_v2 = match cgroups.v2.as_deref().map(super::cgjoin::open_v2).transpose() {
         Ok(fd) => fd,
         Err(e) => fail(&mut sync, "opening the sandbox's cgroup", e),
@@ -356,19 +357,25 @@ pub fn main() -> ! {
         Ok(super::cgjoin::Forked::Parent(child)) => {
             let _writer = alive.1;
             drop((alive.0, cgroup_v2));
+            // PID 1 holds the sandbox's cgroups from now on.
+            super::cgjoin::leave_v1(cgroup_parents);
             become_root(&mut sync, parent);
-            drop(sync);
             let code = match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
                 Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
                 _ => 1,
             };
+            // End-of-file on the sync socket: PID 1 is reaped, and with it
+            // every process of the sandbox (the kernel reaped the PID
+            // namespace first). cordon starts its cleanup while this
+            // process's own exit (its mount namespace) runs.
+            drop(sync);
             std::process::exit(code)
         }
         Ok(super::cgjoin::Forked::Child) => {}
         Err(e) => fail(&mut sync, "forking the sandbox's init", e),
     }
-    drop((alive.1, cgroup_v2));
+    drop((alive.1, cgroup_v2, cgroup_parents));
     set_root_ids(&mut sync);
     // SAFETY: prctl with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };

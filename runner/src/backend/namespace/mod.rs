@@ -80,6 +80,9 @@ impl InitProc {
 
 struct Guard {
     init: Option<InitProc>,
+    /// cordon's end of the sync socket: end-of-file once ns-init has reaped
+    /// PID 1 (the whole sandbox is gone).
+    sync: Option<UnixStream>,
     link: Option<crate::netfilter::gated::GatedLink>,
     tap_pump: Option<tokio::task::JoinHandle<()>>,
     cgroup: Option<cgroup::SandboxCgroup>,
@@ -116,11 +119,18 @@ impl Drop for Guard {
         // every other process of the PID namespace: then the cgroup is
         // already empty, and its removal needs no polling. Killing ns-init
         // first would leave PID 1 still dying while the cgroup is polled.
-        if let Some(mut c) = self.init.take() {
-            if !(self.acked && c.wait_exit(Duration::from_secs(1))) {
-                c.kill();
+        // ns-init closes the sync socket once it has reaped PID 1, before its
+        // own (slower) exit: the cleanup below overlaps that, and ns-init is
+        // reaped at the end.
+        let mut init = self.init.take();
+        let sandbox_gone = self.acked && self.sync.take().is_some_and(|s| wait_eof(&s, Duration::from_secs(1)));
+        if !sandbox_gone {
+            if let Some(c) = init.as_mut() {
+                if !(self.acked && c.wait_exit(Duration::from_secs(1))) {
+                    c.kill();
+                }
+                c.wait_exit(Duration::from_secs(2));
             }
-            c.wait_exit(Duration::from_secs(2));
         }
         if let Some(t) = self.tap_pump.take() {
             t.abort();
@@ -137,6 +147,12 @@ impl Drop for Guard {
         // empty and removes it.
         drop(self.cgroup.take());
         drop(self.dir.take());
+        if let Some(mut c) = init {
+            if !c.wait_exit(Duration::from_secs(1)) {
+                c.kill();
+                c.wait_exit(Duration::from_secs(2));
+            }
+        }
         drop(self.janitor.take());
     }
 }
@@ -174,6 +190,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     let janitor = Janitor::start_with(&d, pre.janitor).map_err(spawn_err("janitor"))?;
     let mut guard = Guard {
         init: None,
+        sync: None,
         link: None,
         tap_pump: None,
         cgroup: None,
@@ -283,7 +300,10 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     let maps = IdMaps { root, uid_base, gid_base, len: map_len, nproc_max };
     let handshake = handshake(&mut sync_ours, &maps);
     let (tap, confined) = match handshake {
-        Ok(x) => x,
+        Ok(x) => {
+            guard.sync = Some(sync_ours);
+            x
+        }
         Err(why) => {
             let console = guard.log.as_ref().map(crate::backend::vm::console::open_file_all).unwrap_or_default();
             return Err(BackendError::Boot { why, console: crate::term::sanitize(console.trim()) });
@@ -311,6 +331,33 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
         .map_err(BackendError::Connect)?;
     let description = describe(&layers);
     Ok(Sandbox { client, description, scratch: d, guard: Box::new(guard) })
+}
+
+/// Whether `s` reaches end-of-file within `limit` (what is read before it
+/// is discarded).
+fn wait_eof(s: &UnixStream, limit: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let until = std::time::Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(60_000) as u32).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => return false,
+            Ok(_) => match nix::sys::socket::recv(s.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return true,
+                Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(_) => return true,
+            },
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+    }
 }
 
 struct IdMaps {
