@@ -6,6 +6,8 @@
 //! ptrace, mount, new user namespaces, module loading and io_uring are
 //! refused; a fork bomb meets the pids limit; /dev/kvm, /dev/net/tun and the
 //! host's sockets are out of reach (with `--net none` and through the gate);
+//! as root the sandbox's network namespace belongs to the host's user
+//! namespace, not the sandbox's;
 //! `--rootfs host` shows the host's tools but not the caller's credentials
 //! or environment; and as a normal user `--net none` runs while rules fail
 //! closed. Every denial has its positive control: the same probe succeeding
@@ -319,6 +321,65 @@ fn test_ns_kill_all_reaches_no_host_process() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "sleep: 137\n", "{}", describe(&out));
     assert!(alive(sleeper.0.id() as i32), "kill -9 -1 inside the sandbox killed a host process");
+}
+
+/// The user namespace that owns namespace file `ns` (ioctl NS_GET_USERNS),
+/// as its inode number.
+fn owning_userns(ns: &str) -> std::io::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    const NS_GET_USERNS: libc::c_ulong = 0xb701; // _IO(0xb7, 0x1), linux/nsfs.h
+    let f = std::fs::File::open(ns)?;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor.
+    let fd = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(owner.metadata()?.ino())
+}
+
+fn ns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn test_ns_network_namespace_belongs_to_the_host_user_namespace() {
+    // As root the sandbox's network namespace is made before its user
+    // namespace: the sandbox's root holds no capability over it, whatever
+    // it regains. Looked at from the host, on a sleeping step: its network
+    // namespace is its own (not the host's), its user namespace is its own
+    // (the control: it is in another user namespace), and the owner of
+    // that network namespace is the host's user namespace.
+    require_root();
+    let mut child = cordon()
+        .args(["run", "--isolation", "namespace", "--", "sh", "-c", "echo ready; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let sleeper = descendants(child.id())
+        .into_iter()
+        .find(|(p, _)| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep"))
+        .map(|(p, _)| p);
+    let checked = sleeper.map(|p| {
+        let (net, user) = (format!("/proc/{p}/ns/net"), format!("/proc/{p}/ns/user"));
+        (ns_inode(&net), ns_inode(&user), owning_userns(&net).unwrap(), owning_userns(&user).unwrap())
+    });
+    // SAFETY: signalling our own child; SIGTERM ends the run and its sandbox.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let (net, user, net_owner, user_parent) = checked.expect("no sleeping step under cordon");
+    let host_user = ns_inode("/proc/self/ns/user");
+    assert_ne!(net, ns_inode("/proc/self/ns/net"), "the step shares the host's network namespace");
+    assert_ne!(user, host_user, "the step is in the host's user namespace: nothing to compare");
+    assert_eq!(user_parent, host_user, "the sandbox's user namespace is not a child of the host's");
+    assert_eq!(net_owner, host_user, "the sandbox's network namespace belongs to the sandbox's user namespace");
 }
 
 // ------------------------------------------------------------ system calls
