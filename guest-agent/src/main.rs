@@ -191,11 +191,15 @@ fn serve(
     kernel_boot_ms: Option<u64>,
     t0: Instant,
 ) -> Result<server::Outcome, listen::ListenError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("building the tokio runtime");
+    // In a namespace sandbox the agent is one of many processes on the host's
+    // CPUs: one thread serves it (no wakeups handed between workers); in the
+    // VM, two workers keep output and input moving on the guest's CPUs.
+    let rt = if std::env::var_os(cordon_protocol::boot::MODE_ENV).is_some() {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    }
+    .expect("building the tokio runtime");
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "runtime built");
     rt.block_on(async move {
         let reaper = reaper::Reaper::start();
