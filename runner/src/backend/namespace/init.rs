@@ -51,8 +51,10 @@ pub struct Spec {
     /// The root is the default image's rootfs, whose /init is the agent.
     pub agent_in_image: bool,
     /// A host directory of cordon's bound at /.cordon-spool, where the
-    /// agent spools incoming archives (on disk, not in the sandbox's memory).
-    pub spool: PathBuf,
+    /// agent spools incoming archives (on disk, not in the sandbox's
+    /// memory); none when the run uploads no workspace (the agent's spool
+    /// is then the sandbox's /tmp).
+    pub spool: Option<PathBuf>,
     /// The image's static busybox, for `ip` while configuring the tap.
     pub busybox: PathBuf,
     pub resolv: Option<PathBuf>,
@@ -403,18 +405,23 @@ pub fn main() -> ! {
     let confine = super::confine::ConfineSpec {
         // /dev gets device-only rights (confine.rs); /dev/shm is a real tmpfs
         // (POSIX semaphores, Python's multiprocessing locks).
-        writable: ["/workspace", SPOOL, "/tmp", "/run", "/dev", "/dev/shm"].iter().map(PathBuf::from).collect(),
+        writable: ["/workspace", SPOOL, "/tmp", "/run", "/dev", "/dev/shm"]
+            .iter()
+            .filter(|p| spec.spool.is_some() || **p != SPOOL)
+            .map(PathBuf::from)
+            .collect(),
         allow_raw_sockets: spec.allow_raw_sockets,
         nproc_max: go.nproc_max,
     };
     let agent = if spec.agent_in_image { "/init" } else { "/.cordon-agent" };
+    let spool = if spec.spool.is_some() { SPOOL } else { "/tmp" };
     let layers = match super::confine::apply(&confine) {
         Ok(l) => l,
         Err(e) => fail(&mut sync, "confining the sandbox", e),
     };
     send(&mut sync, &Report::Confined { layers });
     drop(sync);
-    exec_agent(agent, &spec.token)
+    exec_agent(agent, spool, &spec.token)
 }
 
 /// Root (0) inside the new user namespace, then the death signal again (a
@@ -443,10 +450,10 @@ fn set_root_ids(sync: &mut UnixStream) {
     }
 }
 
-fn exec_agent(agent: &str, token: &str) -> ! {
+fn exec_agent(agent: &str, spool: &str, token: &str) -> ! {
     use std::ffi::CString;
     let c = |s: &str| CString::new(s).expect("no NUL in fixed strings");
-    let argv = [c("cordon-agent"), c("--listen"), c(&format!("fd:{CONTROL_FD}")), c("--spool-dir"), c(SPOOL)];
+    let argv = [c("cordon-agent"), c("--listen"), c(&format!("fd:{CONTROL_FD}")), c("--spool-dir"), c(spool)];
     let env = [
         c(&format!("PATH={}", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")),
         c(&format!("{}={}", boot::MODE_ENV, boot::MODE_NAMESPACE)),

@@ -218,10 +218,13 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     };
     // Incoming archives are spooled on the host's disk, not in the
     // sandbox's memory-sized /run (a workspace may be larger).
-    let spool = d.join("spool");
-    std::fs::create_dir(&spool).map_err(spawn_err("spool dir"))?;
-    if root {
-        std::os::unix::fs::chown(&spool, Some(uid_base), Some(gid_base)).map_err(spawn_err("spool dir"))?;
+    // Only a run that uploads a workspace sends archives in.
+    let spool = plan.workspace.is_some().then(|| d.join("spool"));
+    if let Some(spool) = &spool {
+        std::fs::create_dir(spool).map_err(spawn_err("spool dir"))?;
+        if root {
+            std::os::unix::fs::chown(spool, Some(uid_base), Some(gid_base)).map_err(spawn_err("spool dir"))?;
+        }
     }
     let stage = d.join("stage");
     std::fs::create_dir(&stage).map_err(spawn_err("stage dir"))?;
@@ -442,9 +445,12 @@ fn next_report(sync: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(Report, Opti
 /// The layers the namespaces themselves give (the rest come from ns-init's
 /// confinement and the cgroup).
 fn core_layers(plan: &Plan, root: bool, uid_base: u32) -> Vec<Layer> {
+    let spool = if plan.workspace.is_some() { ", /.cordon-spool (archives in transit)" } else { "" };
     let fs = match plan.rootfs {
-        RootfsChoice::Image => "the image's rootfs, read-only; writable: /workspace, /tmp, /run, /dev/shm, /.cordon-spool (archives in transit)",
-        RootfsChoice::Host => "the host's /usr, /bin, /lib*, /etc read-only (no /root, /home, /etc/shadow)",
+        RootfsChoice::Image => {
+            format!("the image's rootfs, read-only; writable: /workspace, /tmp, /run, /dev/shm{spool}")
+        }
+        RootfsChoice::Host => "the host's /usr, /bin, /lib*, /etc read-only (no /root, /home, /etc/shadow)".to_string(),
     };
     let net = if plan.gated() { "a tap through the egress gate" } else { "loopback only" };
     let ids = if root {

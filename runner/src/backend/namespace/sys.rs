@@ -53,8 +53,8 @@ pub struct RootPlan {
     /// The agent binary, bound at /.cordon-agent (`--rootfs host` and
     /// userland images; the default image's /init is the agent).
     pub agent: Option<PathBuf>,
-    /// The host directory bound read-write at /.cordon-spool.
-    pub spool: PathBuf,
+    /// The host directory bound read-write at /.cordon-spool, if any.
+    pub spool: Option<PathBuf>,
     /// A file bound over /etc/resolv.conf (the gate's DNS address).
     pub resolv: Option<PathBuf>,
     pub hostname: String,
@@ -158,8 +158,10 @@ pub fn prepare_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
     ] {
         sys.symlink(Path::new(target), &at("dev").join(name))?;
     }
-    sys.mount(Some(&plan.spool), &at(".cordon-spool"), None, MsFlags::MS_BIND, None)?;
-    sys.mount(None, &at(".cordon-spool"), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | nosuid_nodev, None)?;
+    if let Some(spool) = &plan.spool {
+        sys.mount(Some(spool), &at(".cordon-spool"), None, MsFlags::MS_BIND, None)?;
+        sys.mount(None, &at(".cordon-spool"), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | nosuid_nodev, None)?;
+    }
     sys.mount(Some(&plan.workspace), &at("workspace"), None, MsFlags::MS_BIND, None)?;
     // A plain bind ignores nosuid/nodev; only a remount of the bind sets them.
     sys.mount(None, &at("workspace"), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | nosuid_nodev, None)?;

@@ -88,7 +88,7 @@ fn plan(image: Option<&str>) -> RootPlan {
         image_root: image.map(PathBuf::from),
         workspace: PathBuf::from("/scratch/ws"),
         agent: image.is_none().then(|| PathBuf::from("/cache/agent")),
-        spool: PathBuf::from("/scratch/spool"),
+        spool: Some(PathBuf::from("/scratch/spool")),
         resolv: Some(PathBuf::from("/scratch/resolv.conf")),
         hostname: "cordon".into(),
         stage: PathBuf::from("/tmp"),
@@ -166,4 +166,25 @@ fn test_setup_root_host_rootfs_shows_only_system_dirs_and_hides_secrets() {
     }
     assert!(c.contains(&"mount /cache/agent /tmp/root/.cordon-agent - [bind] ".to_string()));
     assert!(pos(c, "mount  /tmp/root - [remount,ro,nosuid,nodev]") < pos(c, "pivot"));
+}
+
+#[test]
+fn test_spool_bound_only_when_given() {
+    // A run that uploads no workspace gets no spool: nothing bound at
+    // /.cordon-spool (it stays the image's read-only, empty directory).
+    let spool = |p: &RootPlan| {
+        let mut f = Fake::default();
+        setup_root(&mut f, p).unwrap();
+        f.calls.iter().filter(|c| c.contains(".cordon-spool")).cloned().collect::<Vec<_>>()
+    };
+    let with = spool(&plan(Some("/cache/rootfs")));
+    assert_eq!(
+        with,
+        [
+            "mount /scratch/spool /tmp/root/.cordon-spool - [bind] ",
+            "mount  /tmp/root/.cordon-spool - [bind,remount,nosuid,nodev] "
+        ]
+    );
+    let without = spool(&RootPlan { spool: None, ..plan(Some("/cache/rootfs")) });
+    assert!(without.is_empty(), "{without:?}");
 }
