@@ -8,7 +8,8 @@
 //! - `D`: the run ended normally, every helper is reaped (their pids free
 //!   for reuse: nothing is killed from here on). DIR is removed at once,
 //!   while cordon removes the cgroups; at end-of-file any of those still
-//!   there are removed too (cordon died in between).
+//!   there are removed too (cordon died in between, maybe while waiting for
+//!   them to empty), and DIR once more if it is back.
 //!
 //! At end-of-file without `D` (cordon died), it kills the helpers, removes
 //! the cgroups (waiting a little for them to empty) and DIR.
@@ -214,13 +215,13 @@ pub fn main(dir: &Path) -> ! {
         crate::procs::kill_if_named(*pid, name);
     }
     // A namespace sandbox's cgroups: empty once its processes are gone (they
-    // die with ns-init), removable only then: a moment's patience, unless
-    // cordon said its sandbox is gone.
-    let patience = if done { std::time::Duration::ZERO } else { std::time::Duration::from_secs(5) };
-    remove_cgroups(cgroups.iter().map(PathBuf::as_path), patience);
-    if !done {
-        remove_dir(dir);
-    }
+    // die with ns-init), removable only then: a moment's patience. After `D`
+    // they are gone already (cordon removed them: each rmdir finds nothing),
+    // unless cordon died while it waited for them to empty.
+    remove_cgroups(cgroups.iter().map(PathBuf::as_path), std::time::Duration::from_secs(5));
+    // Again after `D`: a process of a sandbox torn down by force may have
+    // written into it while it was being removed.
+    remove_dir(dir);
     std::process::exit(0)
 }
 

@@ -17,7 +17,15 @@ fn main() -> ExitCode {
     // While this process has one thread and has touched little memory:
     // forked helpers then cost a fork, not an exec of cordon each.
     let pre = cordon::prefork::Prefork::early(&argv);
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help, --version or a usage error: the helpers are reaped
+            // before clap exits (it never returns).
+            drop(pre);
+            e.exit()
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))

@@ -137,15 +137,25 @@ impl Drop for Guard {
         }
         // passt is reaped here: every helper is, from now on.
         drop(self.link.take());
-        // The janitor removes the directory while the cgroup goes.
-        if let (Some(j), Some(d)) = (self.janitor.as_mut(), self.dir.as_mut()) {
-            if j.finish() {
-                d.disable_cleanup(true);
+        // The janitor removes the directory while the cgroup goes, once
+        // nothing of the sandbox can write into it any more: at once when
+        // ns-init said PID 1 is reaped, else after the cgroup is emptied.
+        let hand_over = |j: &mut Option<Janitor>, d: &mut Option<tempfile::TempDir>| {
+            if let (Some(j), Some(d)) = (j.as_mut(), d.as_mut()) {
+                if j.finish() {
+                    d.disable_cleanup(true);
+                }
             }
+        };
+        if sandbox_gone {
+            hand_over(&mut self.janitor, &mut self.dir);
         }
         // Dropping the cgroup kills what is left in it, waits for it to
         // empty and removes it.
         drop(self.cgroup.take());
+        if !sandbox_gone {
+            hand_over(&mut self.janitor, &mut self.dir);
+        }
         drop(self.dir.take());
         if let Some(mut c) = init {
             if !c.wait_exit(Duration::from_secs(1)) {
@@ -250,9 +260,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     };
 
     // In memory, not in the run's directory: no disk write on the way.
-    let logf = nix::sys::memfd::memfd_create(c"cordon-ns-log", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .map(std::fs::File::from)
-        .map_err(|e| spawn_err("ns-init's log")(e.into()))?;
+    let logf = log_file().map_err(spawn_err("ns-init's log"))?;
     let (child, control_ours, mut sync_ours) = match pre.ns_init {
         Some(z) => (InitProc::Forked(z.child), z.control, z.sync),
         None => {
@@ -334,6 +342,19 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
         .map_err(BackendError::Connect)?;
     let description = describe(&layers);
     Ok(Sandbox { client, description, scratch: d, guard: Box::new(guard) })
+}
+
+/// ns-init's and the agent's log: a memfd, never executable where the kernel
+/// can say so (MFD_NOEXEC_SEAL, 6.3+).
+fn log_file() -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let create = |flags: libc::c_uint| {
+        // SAFETY: a NUL-terminated name and plain flags.
+        let fd = unsafe { libc::memfd_create(c"cordon-ns-log".as_ptr(), flags) };
+        // SAFETY: a descriptor the kernel just gave us.
+        (fd >= 0).then(|| unsafe { std::fs::File::from_raw_fd(fd) }).ok_or_else(std::io::Error::last_os_error)
+    };
+    create(libc::MFD_CLOEXEC | libc::MFD_NOEXEC_SEAL).or_else(|_| create(libc::MFD_CLOEXEC))
 }
 
 /// Whether `s` reaches end-of-file within `limit` (what is read before it

@@ -134,6 +134,12 @@ pub(super) fn table(allow_raw_sockets: bool) -> Vec<Deny> {
             vec![vec![Cond::Eq(0, AF_VSOCK as u32)]],
             "vsock is not network-namespaced: it would reach the host's and the hypervisor's services around the gate",
         ),
+        when(
+            "socket",
+            SYS_socket,
+            vec![vec![Cond::Eq(0, AF_NETLINK as u32), Cond::Eq(2, NETLINK_KOBJECT_UEVENT as u32)]],
+            "the kernel sends the host's device events to every network namespace of the host's user namespace, the sandbox's included",
+        ),
     ];
     if !allow_raw_sockets {
         let raw = |family: c_int| vec![Cond::Eq(0, family as u32), Cond::Masked(1, SOCK_TYPE_MASK, SOCK_RAW as u32)];
@@ -234,7 +240,7 @@ fn summary(allow_raw_sockets: bool) -> String {
     let raw = if allow_raw_sockets { "raw sockets allowed by the policy" } else { "raw and packet sockets denied" };
     format!(
         "{} system calls denied or narrowed (mounts, ptrace-likes, kexec/modules, bpf, perf, keyrings, userfaultfd, \
-         io_uring, new namespaces, personality, TIOCSTI, vsock); {raw}; clone3 ENOSYS; other ABIs refused",
+         io_uring, new namespaces, personality, TIOCSTI, vsock, kernel uevents); {raw}; clone3 ENOSYS; other ABIs refused",
         names.len()
     )
 }

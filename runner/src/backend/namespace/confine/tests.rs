@@ -156,6 +156,13 @@ fn test_filter_socket_masks_flags_in_the_type() {
     assert_eq!(s(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC), ALLOW);
     assert_eq!(s(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC), ALLOW);
     assert_eq!(s(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC), ALLOW);
+    // The host's device events (a network namespace of the host's user
+    // namespace gets them); the other netlink families stay (ip, ss).
+    let nl = |ty: i32, proto: i32| native(libc::SYS_socket, &[libc::AF_NETLINK as u64, ty as u64, proto as u64]);
+    assert_eq!(nl(libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_KOBJECT_UEVENT), errno(libc::EPERM));
+    assert_eq!(nl(libc::SOCK_RAW, libc::NETLINK_KOBJECT_UEVENT), errno(libc::EPERM));
+    assert_eq!(nl(libc::SOCK_RAW, libc::NETLINK_ROUTE), ALLOW);
+    assert_eq!(nl(libc::SOCK_DGRAM, libc::NETLINK_SOCK_DIAG), ALLOW);
     // The policy lifts the raw socket rules, never the vsock one.
     let raw_ok = |domain: i32, ty: i32| verdict(true, libc::SYS_socket, NATIVE, [domain as u64, ty as u64, 0, 0, 0, 0]);
     assert_eq!(raw_ok(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC), ALLOW);

@@ -1,15 +1,15 @@
-//! Review of the early network namespace and the janitor's `D` record
-//! (branch review-ns): two regressions, each shown end to end.
+//! What a namespace sandbox must not learn from the host or leave on it,
+//! each found by a hostile review and shown end to end:
 //!
-//! 1. As root, `--net none` now runs in a network namespace owned by the
-//!    host's user namespace; the kernel broadcasts every untagged uevent to
-//!    all such namespaces (lib/kobject_uevent.c, "Restrict uevents to
-//!    initial user namespace"), and NETLINK_KOBJECT_UEVENT needs no
-//!    privilege to listen: the sandbox watches the host's device events.
-//! 2. After `D` the janitor tries the cgroups once, with no patience, at
-//!    end-of-file: a cordon SIGKILLed while it waits for the sandbox's
-//!    cgroup to empty (a second Ctrl-C, then a supervisor's SIGKILL) leaves
-//!    the cgroup directories behind.
+//! 1. As root the sandbox's network namespace belongs to the host's user
+//!    namespace, and the kernel broadcasts every untagged uevent to all
+//!    such namespaces (lib/kobject_uevent.c); NETLINK_KOBJECT_UEVENT needs
+//!    no privilege to listen. The seccomp filter refuses that socket: the
+//!    sandbox must not watch the host's device events (control: a listener
+//!    in such a namespace outside cordon does see them).
+//! 2. A cordon SIGKILLed while it waits for a force-killed sandbox's cgroup
+//!    to empty (a second Ctrl-C, then a supervisor's SIGKILL), after the
+//!    janitor was told the run ended, must still leave no cgroup behind.
 //!
 //! Runs as root.
 
@@ -38,7 +38,7 @@ fn test_ns_net_none_sees_no_host_uevents() {
     assert!(nix::unistd::geteuid().is_root(), "runs as root");
     // Positive control: a listener in a network namespace of the host's
     // user namespace (what ns-init now makes) does see the event.
-    let mut control = Command::new("unshare")
+    let control = Command::new("unshare")
         .args(["-n", "busybox", "timeout", "4", "busybox", "uevent", "env"])
         .stdout(Stdio::piped())
         .spawn()
