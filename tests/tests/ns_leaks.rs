@@ -28,6 +28,14 @@ fn cordon() -> Command {
     c
 }
 
+/// Reads the step's output up to the line holding `marker` (or its end).
+fn read_past(out: &mut impl BufRead, marker: &str) {
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains(marker) {
+        line.clear();
+    }
+}
+
 /// A `change` uevent for /dev/zero (udev re-applies its mode: harmless).
 fn trigger_uevent() {
     std::fs::write("/sys/devices/virtual/mem/zero/uevent", "change").expect("triggering a uevent");
@@ -51,10 +59,7 @@ fn test_ns_net_none_sees_no_host_uevents() {
         .spawn()
         .expect("cordon");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while out.read_line(&mut line).unwrap() > 0 && !line.contains("listening") {
-        line.clear();
-    }
+    read_past(&mut out, "listening");
     for _ in 0..3 {
         trigger_uevent();
         std::thread::sleep(Duration::from_millis(200));
@@ -125,10 +130,7 @@ fn test_ns_sigkill_during_cgroup_removal_leaves_no_cgroup() {
             .spawn()
             .expect("cordon");
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        while out.read_line(&mut line).unwrap() > 0 && !line.contains("ready") {
-            line.clear();
-        }
+        read_past(&mut out, "ready");
         let dir = run_dir(&before).expect("the run's directory");
         let err = std::fs::read_to_string(&err_path).unwrap();
         // Its name, then its directory in every hierarchy (the description
