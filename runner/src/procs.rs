@@ -3,7 +3,6 @@
 //! (PR_SET_PDEATHSIG), and sit in their own process group so a terminal's
 //! Ctrl-C reaches cordon alone, which then shuts them down in order.
 
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 
 /// The running binary itself (exec works even when its file was replaced
@@ -66,10 +65,11 @@ pub fn wait_exit(c: &mut tokio::process::Child, limit: std::time::Duration) -> b
 }
 
 /// Waits up to `limit` (Duration::MAX: no limit) until `exited` says yes,
-/// woken by the child's `pidfd` the moment it exits, polling every
-/// millisecond only where the kernel has no pidfd_open (before 5.3).
+/// woken by `pidfd` the moment it is readable (a child's pidfd when it
+/// exits, a socket when something or end-of-file arrives), polling every
+/// millisecond only where there is none (no pidfd_open before 5.3).
 pub fn wait_until(
-    pidfd: Option<&std::os::fd::OwnedFd>,
+    pidfd: Option<impl std::os::fd::AsFd>,
     limit: std::time::Duration,
     mut exited: impl FnMut() -> bool,
 ) -> bool {
@@ -82,7 +82,7 @@ pub fn wait_until(
         if until.is_some_and(|u| now >= u) {
             return false;
         }
-        match pidfd {
+        match &pidfd {
             Some(fd) => {
                 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
                 let left =

@@ -360,28 +360,15 @@ fn log_file() -> std::io::Result<std::fs::File> {
 /// Whether `s` reaches end-of-file within `limit` (what is read before it
 /// is discarded).
 fn wait_eof(s: &UnixStream, limit: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let until = std::time::Instant::now() + limit;
+    use nix::errno::Errno;
+    use nix::sys::socket::{recv, MsgFlags};
     let mut buf = [0u8; 256];
-    loop {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(60_000) as u32).unwrap_or(PollTimeout::ZERO);
-        let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, ms) {
-            Ok(0) => return false,
-            Ok(_) => match nix::sys::socket::recv(s.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return true,
-                Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-                Err(_) => return true,
-            },
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return false,
-        }
-        if std::time::Instant::now() >= until {
-            return false;
-        }
-    }
+    crate::procs::wait_until(Some(s), limit, || match recv(s.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => true,
+        Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => false,
+        // Reset or worse: the peer is gone all the same.
+        Err(_) => true,
+    })
 }
 
 struct IdMaps {
