@@ -160,15 +160,15 @@ fn ignore_terminal_signals() {
 }
 
 /// Removes cgroup directories cordon made (named `cordon-*` under
-/// /sys/fs/cgroup), retrying for up to `patience` while they empty.
-fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>, patience: std::time::Duration) {
+/// /sys/fs/cgroup), retrying for a few seconds while they empty.
+fn remove_cgroups<'a>(dirs: impl Iterator<Item = &'a Path>) {
     let dirs: Vec<&Path> = dirs
         .filter(|d| {
             d.starts_with("/sys/fs/cgroup")
                 && d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cordon-"))
         })
         .collect();
-    let until = std::time::Instant::now() + patience;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for d in dirs {
         while std::fs::remove_dir(d).is_err() && d.exists() && std::time::Instant::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -218,7 +218,7 @@ pub fn main(dir: &Path) -> ! {
     // die with ns-init), removable only then: a moment's patience. After `D`
     // they are gone already (cordon removed them: each rmdir finds nothing),
     // unless cordon died while it waited for them to empty.
-    remove_cgroups(cgroups.iter().map(PathBuf::as_path), std::time::Duration::from_secs(5));
+    remove_cgroups(cgroups.iter().map(PathBuf::as_path));
     // Again after `D`: a process of a sandbox torn down by force may have
     // written into it while it was being removed.
     remove_dir(dir);
