@@ -83,14 +83,6 @@ pub struct Cgroups {
     pub v2: Option<PathBuf>,
 }
 
-impl Cgroups {
-    pub fn line(&self) -> Vec<u8> {
-        let mut l = serde_json::to_vec(self).expect("cgroups serialize");
-        l.push(b'\n');
-        l
-    }
-}
-
 /// Messages from ns-init to cordon, one JSON line each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -119,18 +111,24 @@ pub struct Go {
     pub nproc_max: Option<u64>,
 }
 
-impl Go {
-    pub fn line(&self) -> Vec<u8> {
-        let mut l = serde_json::to_vec(self).expect("go serializes");
-        l.push(b'\n');
-        l
-    }
+/// A message on the sync socket: one JSON line (spec, cgroups, reports, go).
+pub fn line(m: &impl Serialize) -> Vec<u8> {
+    let mut l = serde_json::to_vec(m).expect("sync messages serialize");
+    l.push(b'\n');
+    l
 }
 
 fn send(sync: &mut UnixStream, r: &Report) {
-    let mut line = serde_json::to_vec(r).expect("reports serialize");
-    line.push(b'\n');
-    let _ = sync.write_all(&line);
+    let _ = sync.write_all(&line(r));
+}
+
+/// The next message from cordon, or the report of why it did not come.
+fn receive<T: serde::de::DeserializeOwned>(sync: &mut UnixStream, pending: &mut Vec<u8>, step: &str) -> T {
+    match read_line(sync, pending).map(|l| serde_json::from_slice(&l)) {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => fail(sync, step, e),
+        Err(e) => fail(sync, step, e),
+    }
 }
 
 fn fail(sync: &mut UnixStream, step: &str, e: impl std::fmt::Display) -> ! {
@@ -269,11 +267,7 @@ pub fn main() -> ! {
     let early_net = root.then(|| nix::sched::unshare(CloneFlags::CLONE_NEWNET).map(|()| super::tap::loopback_up()));
     recv_log(&mut sync);
     let mut pending = Vec::new();
-    let spec: Spec = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => fail(&mut sync, "reading the spec", e),
-        Err(e) => fail(&mut sync, "reading the spec", e),
-    };
+    let spec: Spec = receive(&mut sync, &mut pending, "reading the spec");
     if let Some(Err(e)) = early_net {
         fail(&mut sync, "a network namespace", e);
     }
@@ -313,11 +307,7 @@ pub fn main() -> ! {
         // user namespace: its mapped root could not walk the host's 0700 paths.
         prepare(&mut sync, &plan, CloneFlags::empty());
     }
-    let cgroups: Cgroups = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => fail(&mut sync, "reading the cgroups", e),
-        Err(e) => fail(&mut sync, "reading the cgroups", e),
-    };
+    let cgroups: Cgroups = receive(&mut sync, &mut pending, "reading the cgroups");
     // The cgroups as the host's user that owns them, before the user
     // namespace: the sandbox's own processes are all made after this.
     let cgroup_parents = match super::cgjoin::join_v1(&cgroups.v1) {
@@ -332,11 +322,7 @@ pub fn main() -> ! {
         fail(&mut sync, "a user namespace", e);
     }
     send(&mut sync, &Report::Userns { pid: std::process::id() });
-    let go: Go = match read_line(&mut sync, &mut pending).map(|l| serde_json::from_slice(&l)) {
-        Ok(Ok(g)) => g,
-        Ok(Err(e)) => fail(&mut sync, "waiting for the id maps", e),
-        Err(e) => fail(&mut sync, "waiting for the id maps", e),
-    };
+    let go: Go = receive(&mut sync, &mut pending, "waiting for the id maps");
     let mut flags =
         CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if early_net.is_none() && spec.tap.is_none() {
@@ -467,8 +453,7 @@ fn exec_agent(agent: &str, spool: &str, token: &str) -> ! {
 
 fn send_fd(sync: &mut UnixStream, r: &Report, fd: &OwnedFd) {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let mut line = serde_json::to_vec(r).expect("reports serialize");
-    line.push(b'\n');
+    let line = line(r);
     let fds = [fd.as_raw_fd()];
     let iov = [std::io::IoSlice::new(&line)];
     let cmsg = [ControlMessage::ScmRights(&fds)];

@@ -286,9 +286,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     init::send_log(&sync_ours, &logf).map_err(spawn_err("ns-init"))?;
     guard.log = Some(logf);
     use std::io::Write;
-    let mut line = serde_json::to_vec(&spec).expect("spec serializes");
-    line.push(b'\n');
-    sync_ours.write_all(&line).map_err(spawn_err("ns-init"))?;
+    sync_ours.write_all(&init::line(&spec)).map_err(spawn_err("ns-init"))?;
     // ns-init binds the root while the cgroup is made; it joins the cgroup
     // itself (cgjoin.rs) once it has this second message.
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
@@ -305,7 +303,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     guard.cgroup = cg;
     // A failed write is ns-init gone after a failure of its own: the
     // handshake reads its report.
-    let _ = sync_ours.write_all(&cgroups.line());
+    let _ = sync_ours.write_all(&init::line(&cgroups));
     let nproc_max =
         (!layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids")).then_some(plan.pids_max);
     let maps = IdMaps { root, uid_base, gid_base, len: map_len, nproc_max };
@@ -405,7 +403,7 @@ fn handshake(sync: &mut UnixStream, maps: &IdMaps) -> Result<(Option<OwnedFd>, V
             Report::Userns { pid } => {
                 maps.write(pid).map_err(|e| format!("writing the sandbox's id maps: {e}"))?;
                 let go = init::Go { nproc_max: maps.nproc_max };
-                sync.write_all(&go.line()).map_err(|e| format!("ns-init went away: {e}"))?;
+                sync.write_all(&init::line(&go)).map_err(|e| format!("ns-init went away: {e}"))?;
             }
             Report::Confined { layers } => return Ok((tap, layers)),
             Report::Failed { step, error } => return Err(format!("{step}: {error}")),
