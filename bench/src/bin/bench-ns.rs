@@ -113,6 +113,8 @@ fn main() {
     let out = serde_json::json!({
         "bench": "ns",
         "runs": args.runs,
+        // scripts/build.sh makes it static-pie; a plain `cargo build` dynamic.
+        "cordon_binary": linkage(&cordon_bin),
         "run_true_median_ms": {"cordon_namespace": ms(c), "bwrap_unshare_all": ms(b), "plain_true": ms(t)},
         "ratio_cordon_vs_bwrap": ratio(c, b),
         "target_ratio_vs_bwrap": 1.5,
@@ -129,6 +131,20 @@ fn main() {
         }
     });
     println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+}
+
+/// "dynamic" when the ELF file has a program interpreter (PT_INTERP),
+/// else "static-pie": the two start and fork at different costs.
+fn linkage(bin: &std::path::Path) -> &'static str {
+    let data = std::fs::read(bin).expect("read cordon");
+    let u = |at: usize, n: usize| data[at..at + n].iter().rev().fold(0usize, |a, b| (a << 8) | *b as usize);
+    let (phoff, phentsize, phnum) = (u(0x20, 8), u(0x36, 2), u(0x38, 2));
+    const PT_INTERP: usize = 3;
+    if (0..phnum).any(|i| u(phoff + i * phentsize, 4) == PT_INTERP) {
+        "dynamic"
+    } else {
+        "static-pie"
+    }
 }
 
 async fn round_trips(count: usize) -> (Duration, Duration, usize) {
