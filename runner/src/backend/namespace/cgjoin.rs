@@ -15,6 +15,7 @@
 //! or the user a v2 subtree is delegated to), before it becomes the
 //! sandbox's root.
 
+use nix::sched::CloneFlags;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -81,20 +82,14 @@ pub enum Forked {
     Child,
 }
 
-/// Forks (like fork(2)), the child in the cgroup `v2` when given. Only for
-/// a single-threaded caller: the child runs on with no atfork handlers.
-pub fn clone_into(v2: Option<&OwnedFd>) -> std::io::Result<Forked> {
-    let Some(cg) = v2 else {
-        // SAFETY: single-threaded (the caller's contract).
-        return match unsafe { nix::unistd::fork() }? {
-            nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
-            nix::unistd::ForkResult::Child => Ok(Forked::Child),
-        };
-    };
+/// Forks (like fork(2)) with `flags` (namespaces for the child), the child
+/// in the cgroup `v2` when given. Only for a single-threaded caller: the
+/// child runs on with no atfork handlers.
+pub fn clone_into(flags: CloneFlags, v2: Option<&OwnedFd>) -> std::io::Result<Forked> {
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
+        flags: flags.bits() as u64 | if v2.is_some() { CLONE_INTO_CGROUP } else { 0 },
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cg.as_raw_fd() as u64,
+        cgroup: v2.map_or(0, |cg| cg.as_raw_fd() as u64),
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM and without a stack behaves as fork(2)
@@ -106,13 +101,30 @@ pub fn clone_into(v2: Option<&OwnedFd>) -> std::io::Result<Forked> {
         _ => {
             let e = std::io::Error::last_os_error();
             // No clone3 (ENOSYS) or no CLONE_INTO_CGROUP (E2BIG, EINVAL):
-            // join by cgroup.procs, then an ordinary fork.
+            // join by cgroup.procs, then clone(2).
             if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)) {
-                join_v2_slow(cg)?;
-                return clone_into(None);
+                if let Some(cg) = v2 {
+                    join_v2_slow(cg)?;
+                }
+                return clone_legacy(flags);
             }
             Err(e)
         }
+    }
+}
+
+/// clone(2) as fork(2) with `flags`, for kernels without clone3.
+fn clone_legacy(flags: CloneFlags) -> std::io::Result<Forked> {
+    // SAFETY: clone without CLONE_VM and with no new stack (0) behaves as
+    // fork(2); the remaining arguments (tids, tls) are unused without their
+    // flags.
+    let r = unsafe {
+        libc::syscall(libc::SYS_clone, flags.bits() as libc::c_long | libc::SIGCHLD as libc::c_long, 0, 0, 0, 0)
+    };
+    match r {
+        0 => Ok(Forked::Child),
+        pid if pid > 0 => Ok(Forked::Parent(nix::unistd::Pid::from_raw(pid as i32))),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 

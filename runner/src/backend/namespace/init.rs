@@ -13,14 +13,15 @@
 //!    host's 0700 directories); cordon makes the cgroups meanwhile;
 //! 5. read the `Cgroups`; join the sandbox's v1 cgroups and open its v2 one
 //!    (`cgjoin`);
-//! 6. a new user namespace; cordon writes the id maps, then says go;
-//! 7. new mount, PID, IPC and UTS namespaces (and, for a normal user, a
-//!    network namespace with loopback only), then fork, the child into the
-//!    v2 cgroup: the child is PID 1, in a cgroup namespace of its own,
-//!    builds the root (`sys::setup_root`), confines itself
-//!    (`confine::apply`) and becomes the agent, serving the protocol on
-//!    fd 3. This process waits for it and exits with its status; both die
-//!    with cordon (PR_SET_PDEATHSIG).
+//! 6. fork the child into new user, mount, PID, IPC and UTS namespaces
+//!    (and, for a normal user, a network namespace with loopback only),
+//!    into the v2 cgroup, and write its id maps from out here (as root,
+//!    any range; as a normal user, its own ids): no round trip to cordon.
+//!    The child is PID 1, in a cgroup namespace of its own, builds the root
+//!    (`sys::setup_root`), confines itself (`confine::apply`) and becomes
+//!    the agent, serving the protocol on fd 3. This process takes the
+//!    sandbox's host ids (as root) and waits for it, and exits with its
+//!    status; both die with cordon (PR_SET_PDEATHSIG).
 
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,31 @@ pub struct Spec {
     /// The gid range allowed unprivileged ICMP sockets in the tap's network
     /// namespace (its sysctl starts closed, "1 0").
     pub ping_gids: Option<(u32, u32)>,
+    /// The host ids the sandbox's ids 0.. map to.
+    pub ids: IdMap,
+}
+
+/// The sandbox's id maps: its 0 is host `uid`/`gid`, `len` ids in a row
+/// (as root 65536 unused ones; as a normal user, just its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdMap {
+    pub uid: u32,
+    pub gid: u32,
+    pub len: u32,
+}
+
+impl IdMap {
+    /// Writes the maps of `pid`'s user namespace, from its parent namespace.
+    /// A normal user may map only its own ids, after denying setgroups.
+    fn write(&self, pid: nix::unistd::Pid, root: bool) -> std::io::Result<()> {
+        let p = |f: &str| PathBuf::from(format!("/proc/{pid}/{f}"));
+        if !root {
+            std::fs::write(p("setgroups"), "deny")?;
+        }
+        std::fs::write(p("uid_map"), format!("0 {} {}\n", self.uid, self.len))?;
+        std::fs::write(p("gid_map"), format!("0 {} {}\n", self.gid, self.len))
+    }
 }
 
 /// cordon's second message: the sandbox's cgroups, made while ns-init
@@ -81,6 +107,8 @@ pub struct Cgroups {
     pub v1: Vec<PathBuf>,
     /// Its v2 directory (PID 1 starts in it).
     pub v2: Option<PathBuf>,
+    /// The pids limit as RLIMIT_NPROC, when no pids cgroup holds it.
+    pub nproc_max: Option<u64>,
 }
 
 /// Messages from ns-init to cordon, one JSON line each.
@@ -89,10 +117,6 @@ pub struct Cgroups {
 pub enum Report {
     /// The tap's fd rides along (SCM_RIGHTS).
     Tap,
-    /// The user namespace exists: write the maps, then send `Go`.
-    Userns {
-        pid: u32,
-    },
     /// The layers PID 1 put in force, just before it became the agent.
     Confined {
         layers: Vec<super::confine::Layer>,
@@ -103,15 +127,7 @@ pub enum Report {
     },
 }
 
-/// cordon's answer to `Userns`: the maps are written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Go {
-    /// The pids limit as RLIMIT_NPROC, when no pids cgroup holds it.
-    pub nproc_max: Option<u64>,
-}
-
-/// A message on the sync socket: one JSON line (spec, cgroups, reports, go).
+/// A message on the sync socket: one JSON line (spec, cgroups, reports).
 pub fn line(m: &impl Serialize) -> Vec<u8> {
     let mut l = serde_json::to_vec(m).expect("sync messages serialize");
     l.push(b'\n');
@@ -158,10 +174,11 @@ fn read_line(sync: &mut UnixStream, pending: &mut Vec<u8>) -> std::io::Result<Ve
     }
 }
 
-/// Phase one of the root (see `sys::prepare_root`); as root, in a mount
-/// namespace of its own first.
-fn prepare(sync: &mut UnixStream, plan: &RootPlan, _: CloneFlags) {
-    if nix::unistd::geteuid().is_root() {
+/// Phase one of the root (see `sys::prepare_root`); as the host's root, in
+/// a mount namespace of its own first (PID 1 of a normal user's sandbox
+/// has one already).
+fn prepare(sync: &mut UnixStream, plan: &RootPlan, own_ns: bool) {
+    if own_ns {
         if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
             fail(sync, "a mount namespace", e);
         }
@@ -305,7 +322,7 @@ pub fn main() -> ! {
     if root {
         // Binds as the host's root, in a mount namespace of its own, before the
         // user namespace: its mapped root could not walk the host's 0700 paths.
-        prepare(&mut sync, &plan, CloneFlags::empty());
+        prepare(&mut sync, &plan, true);
     }
     let cgroups: Cgroups = receive(&mut sync, &mut pending, "reading the cgroups");
     // The cgroups as the host's user that owns them, before the user
@@ -318,36 +335,44 @@ pub fn main() -> ! {
         Ok(fd) => fd,
         Err(e) => fail(&mut sync, "opening the sandbox's cgroup", e),
     };
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
-        fail(&mut sync, "a user namespace", e);
-    }
-    send(&mut sync, &Report::Userns { pid: std::process::id() });
-    let go: Go = receive(&mut sync, &mut pending, "waiting for the id maps");
-    let mut flags =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    // The child's namespaces all at once: the kernel makes the user
+    // namespace first and gives it the others. Its mount namespace is a copy
+    // of this one (as root, with the root bound above: locked there, as in
+    // any copy a user namespace gets); a normal user's sandbox gets its
+    // network namespace here too (loopback only).
+    let mut flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
     if early_net.is_none() && spec.tap.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    if let Err(e) = nix::sched::unshare(flags) {
-        fail(&mut sync, "mount, pid, ipc and uts namespaces", e);
-    }
-    if !root {
-        prepare(&mut sync, &plan, CloneFlags::empty());
-    }
-    // PID 1 learns from this pipe's end-of-file that ns-init died before
-    // its death signal was armed (getppid says 0 across the PID namespace).
-    let alive = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+    // PID 1 waits on this pipe for its id maps (one byte); end-of-file
+    // instead says ns-init died (getppid says 0 across the PID namespace).
+    // ns-init holds the writer until it exits.
+    let maps = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => fail(&mut sync, "a pipe for PID 1", e),
     };
     // Still the host's user that owns the cgroup: CLONE_INTO_CGROUP checks it.
-    match super::cgjoin::clone_into(cgroup_v2.as_ref()) {
+    match super::cgjoin::clone_into(flags, cgroup_v2.as_ref()) {
         Ok(super::cgjoin::Forked::Parent(child)) => {
-            let _writer = alive.1;
-            drop((alive.0, cgroup_v2));
+            drop((maps.0, cgroup_v2));
+            if let Err(e) = spec.ids.write(child, root) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                fail(&mut sync, "writing the sandbox's id maps", e);
+            }
+            let _writer = maps.1;
+            if nix::unistd::write(&_writer, b"m") != Ok(1) {
+                fail(&mut sync, "starting the sandbox's init", "the pipe to PID 1 broke");
+            }
             // PID 1 holds the sandbox's cgroups from now on.
             super::cgjoin::leave_v1(cgroup_parents);
-            become_root(&mut sync, parent);
+            if root {
+                take_sandbox_ids(&mut sync, &spec.ids, parent);
+            }
             let code = match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
                 Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
@@ -363,16 +388,25 @@ pub fn main() -> ! {
         Ok(super::cgjoin::Forked::Child) => {}
         Err(e) => fail(&mut sync, "forking the sandbox's init", e),
     }
-    drop((alive.1, cgroup_v2, cgroup_parents));
-    set_root_ids(&mut sync);
-    // SAFETY: prctl with an integer argument.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    drop((maps.1, cgroup_v2, cgroup_parents));
     let mut b = [0u8; 1];
-    if matches!(nix::unistd::read(&alive.0, &mut b), Ok(0)) {
+    if !matches!(nix::unistd::read(&maps.0, &mut b), Ok(1)) {
         // SAFETY: _exit has no preconditions.
         unsafe { libc::_exit(1) };
     }
-    drop(alive.0);
+    set_root_ids(&mut sync);
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // ns-init died between the byte and the death signal: end-of-file now.
+    let _ = nix::fcntl::fcntl(&maps.0, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    if matches!(nix::unistd::read(&maps.0, &mut b), Ok(0)) {
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(1) };
+    }
+    drop(maps.0);
+    if !root {
+        prepare(&mut sync, &plan, false);
+    }
     // Rooted at the sandbox's cgroup, now that this process is in it.
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP) {
         fail(&mut sync, "a cgroup namespace", e);
@@ -397,7 +431,7 @@ pub fn main() -> ! {
             .map(PathBuf::from)
             .collect(),
         allow_raw_sockets: spec.allow_raw_sockets,
-        nproc_max: go.nproc_max,
+        nproc_max: cgroups.nproc_max,
     };
     let agent = if spec.agent_in_image { "/init" } else { "/.cordon-agent" };
     let spool = if spec.spool.is_some() { SPOOL } else { "/tmp" };
@@ -410,10 +444,19 @@ pub fn main() -> ! {
     exec_agent(agent, spool, &spec.token)
 }
 
-/// Root (0) inside the new user namespace, then the death signal again (a
+/// As root, once PID 1 runs: this process waits on as the sandbox's root's
+/// host ids, never as the host's root; then the death signal again (a
 /// credential change clears it), and gone if cordon already is.
-fn become_root(sync: &mut UnixStream, parent: libc::pid_t) {
-    set_root_ids(sync);
+fn take_sandbox_ids(sync: &mut UnixStream, ids: &IdMap, parent: libc::pid_t) {
+    use nix::unistd::{Gid, Uid};
+    let _ = nix::unistd::setgroups(&[]);
+    let (gid, uid) = (Gid::from_raw(ids.gid), Uid::from_raw(ids.uid));
+    if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
+        fail(sync, "taking the sandbox's ids (gid)", e);
+    }
+    if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
+        fail(sync, "taking the sandbox's ids (uid)", e);
+    }
     // SAFETY: prctl and getppid with integer arguments.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -5,7 +5,7 @@
 //! /bin, /lib*, /etc with `--rootfs host`). The network policy is the VM's:
 //! a tap inside the sandbox's network namespace whose frames the same gate
 //! judges before passt. ns-init (init.rs) builds it; this side answers its
-//! reports, writes the id maps, wires the gate and connects to the agent.
+//! reports, wires the gate and connects to the agent.
 
 pub mod cgjoin;
 pub mod cgroup;
@@ -257,6 +257,7 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
         // ICMP echo through unprivileged ICMP sockets for the sandbox's ids
         // (no raw sockets there); the gate judges it like any flow.
         ping_gids: (root && plan.gated()).then_some((gid_base, gid_base + map_len - 1)),
+        ids: init::IdMap { uid: uid_base, gid: gid_base, len: map_len },
     };
 
     // In memory, not in the run's directory: no disk write on the way.
@@ -292,22 +293,22 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     let limits = cgroup::Limits { pids_max: plan.pids_max, memory_max: plan.step_memory_max, cpus: plan.cpus };
     // Its own random name: cgroup paths are world-readable, the token is not.
     let (cg, layers) = cgroup::SandboxCgroup::create(&format!("cordon-{}", &new_token()[..12]), &limits);
-    let mut cgroups = init::Cgroups::default();
+    let nproc_max =
+        (!layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids")).then_some(plan.pids_max);
+    let mut cgroups = init::Cgroups { nproc_max, ..Default::default() };
     if let Some(cg) = &cg {
         // For the janitor: a SIGKILLed cordon must not leave them behind.
         if let Some(j) = &guard.janitor {
             cg.dirs().iter().for_each(|p| j.track_cgroup(p));
         }
-        cgroups = init::Cgroups { v1: cg.v1_dirs(), v2: cg.v2_dir().map(PathBuf::from) };
+        cgroups.v1 = cg.v1_dirs();
+        cgroups.v2 = cg.v2_dir().map(PathBuf::from);
     }
     guard.cgroup = cg;
     // A failed write is ns-init gone after a failure of its own: the
     // handshake reads its report.
     let _ = sync_ours.write_all(&init::line(&cgroups));
-    let nproc_max =
-        (!layers.iter().any(|l| l.enforced && layers::canonical(&l.name) == "cgroup-pids")).then_some(plan.pids_max);
-    let maps = IdMaps { root, uid_base, gid_base, len: map_len, nproc_max };
-    let handshake = handshake(&mut sync_ours, &maps);
+    let handshake = handshake(&mut sync_ours);
     let (tap, confined) = match handshake {
         Ok(x) => {
             guard.sync = Some(sync_ours);
@@ -369,30 +370,9 @@ fn wait_eof(s: &UnixStream, limit: Duration) -> bool {
     })
 }
 
-struct IdMaps {
-    root: bool,
-    uid_base: u32,
-    gid_base: u32,
-    len: u32,
-    /// Sent with `go`: the pids limit as RLIMIT_NPROC where no cgroup holds it.
-    nproc_max: Option<u64>,
-}
-
-impl IdMaps {
-    fn write(&self, pid: u32) -> std::io::Result<()> {
-        let p = |f: &str| PathBuf::from(format!("/proc/{pid}/{f}"));
-        if !self.root {
-            std::fs::write(p("setgroups"), "deny")?;
-        }
-        std::fs::write(p("uid_map"), format!("0 {} {}\n", self.uid_base, self.len))?;
-        std::fs::write(p("gid_map"), format!("0 {} {}\n", self.gid_base, self.len))
-    }
-}
-
 /// Answers ns-init's reports until PID 1 says it is confined (or something
 /// failed). Blocking, bounded by a read timeout on the sync socket.
-fn handshake(sync: &mut UnixStream, maps: &IdMaps) -> Result<(Option<OwnedFd>, Vec<Layer>), String> {
-    use std::io::Write;
+fn handshake(sync: &mut UnixStream) -> Result<(Option<OwnedFd>, Vec<Layer>), String> {
     let _ = sync.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
     let mut tap = None;
@@ -400,11 +380,6 @@ fn handshake(sync: &mut UnixStream, maps: &IdMaps) -> Result<(Option<OwnedFd>, V
         let (report, fd) = next_report(sync, &mut buf)?;
         match report {
             Report::Tap => tap = Some(fd.ok_or("ns-init sent no tap descriptor")?),
-            Report::Userns { pid } => {
-                maps.write(pid).map_err(|e| format!("writing the sandbox's id maps: {e}"))?;
-                let go = init::Go { nproc_max: maps.nproc_max };
-                sync.write_all(&init::line(&go)).map_err(|e| format!("ns-init went away: {e}"))?;
-            }
             Report::Confined { layers } => return Ok((tap, layers)),
             Report::Failed { step, error } => return Err(format!("{step}: {error}")),
         }
