@@ -47,10 +47,6 @@ pub struct Spec {
     /// The image's rootfs, or `None` for `--rootfs host`.
     pub image_root: Option<PathBuf>,
     pub workspace: PathBuf,
-    /// The static agent; bound in at /.cordon-agent unless `agent_in_image`.
-    pub agent: PathBuf,
-    /// The root is the default image's rootfs, whose /init is the agent.
-    pub agent_in_image: bool,
     /// A host directory of cordon's bound at /.cordon-spool, where the
     /// agent spools incoming archives (on disk, not in the sandbox's
     /// memory); none when the run uploads no workspace (the agent's spool
@@ -312,7 +308,6 @@ pub fn main() -> ! {
     let plan = RootPlan {
         image_root: spec.image_root.clone(),
         workspace: spec.workspace.clone(),
-        agent: (!spec.agent_in_image).then(|| spec.agent.clone()),
         spool: spec.spool.clone(),
         resolv: spec.resolv.clone(),
         hostname: spec.hostname.clone(),
@@ -433,7 +428,6 @@ pub fn main() -> ! {
         allow_raw_sockets: spec.allow_raw_sockets,
         nproc_max: cgroups.nproc_max,
     };
-    let agent = if spec.agent_in_image { "/init" } else { "/.cordon-agent" };
     let spool = if spec.spool.is_some() { SPOOL } else { "/tmp" };
     let layers = match super::confine::apply(&confine) {
         Ok(l) => l,
@@ -441,7 +435,7 @@ pub fn main() -> ! {
     };
     send(&mut sync, &Report::Confined { layers });
     drop(sync);
-    exec_agent(agent, spool, &spec.token)
+    become_agent(spool, spec.token)
 }
 
 /// As root, once PID 1 runs: this process waits on as the sandbox's root's
@@ -479,19 +473,44 @@ fn set_root_ids(sync: &mut UnixStream) {
     }
 }
 
-fn exec_agent(agent: &str, spool: &str, token: &str) -> ! {
-    use std::ffi::CString;
-    let c = |s: &str| CString::new(s).expect("no NUL in fixed strings");
-    let argv = [c("cordon-agent"), c("--listen"), c(&format!("fd:{CONTROL_FD}")), c("--spool-dir"), c(spool)];
-    let env = [
-        c(&format!("PATH={}", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")),
-        c(&format!("{}={}", boot::MODE_ENV, boot::MODE_NAMESPACE)),
-        c("CORDON_AGENT_LOG=warn"),
-        CString::new(format!("{}={token}", boot::TOKEN_ENV)).unwrap_or_else(|_| c("CORDON_AGENT_TOKEN=")),
-    ];
-    let e = nix::unistd::execve(&c(agent), &argv, &env).unwrap_err();
-    eprintln!("cordon __ns-init: exec {agent}: {e}");
-    std::process::exit(127)
+/// PID 1 becomes the agent: the same server the VM's agent binary runs
+/// (the `cordon-agent` library), in this process, with no exec. What the
+/// steps can learn of this process is what an exec'd agent showed: the name
+/// `init`, no command line (cordon's, with its host paths, is zeroed where
+/// it lies; the environment was at the fork, prefork.rs), the agent's
+/// environment, and a process they cannot read or trace (not dumpable).
+fn become_agent(spool: &str, token: String) -> ! {
+    // SAFETY: prctl with a valid NUL-terminated name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"init".as_ptr()) };
+    zero_command_line();
+    // Single-threaded: nothing reads the environment meanwhile.
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    std::env::set_var(boot::MODE_ENV, boot::MODE_NAMESPACE);
+    std::env::set_var("CORDON_AGENT_LOG", "warn");
+    cordon_agent::namespace_main(CONTROL_FD, token, PathBuf::from(spool))
+}
+
+/// Zeroes this process's command line where the kernel shows it from
+/// (/proc/self/cmdline reads the memory between arg_start and arg_end,
+/// fields 48 and 49 of /proc/self/stat, for anyone who can see the pid).
+fn zero_command_line() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return };
+    // Fields from the 3rd (state) on: arg_start is the 48th field.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (Some(Ok(start)), Some(Ok(end))) =
+        (f.get(45).map(|s| s.parse::<usize>()), f.get(46).map(|s| s.parse::<usize>()))
+    else {
+        return;
+    };
+    if start != 0 && end > start && end - start < 1 << 20 {
+        // SAFETY: [arg_start, arg_end) is this process's own argument area on
+        // its initial stack, mapped and writable; nothing reads argv again.
+        unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+    }
 }
 
 fn send_fd(sync: &mut UnixStream, r: &Report, fd: &OwnedFd) {

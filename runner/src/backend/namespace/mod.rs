@@ -242,10 +242,8 @@ pub async fn start(plan: &Plan, pre: Prefork, log: &dyn Fn(&str)) -> Result<Sand
     let spec = Spec {
         image_root: (plan.rootfs == RootfsChoice::Image)
             .then(|| userland.as_ref().map(|u| u.tree()).unwrap_or_else(|| rootfs.clone())),
-        agent_in_image: plan.rootfs == RootfsChoice::Image && userland.is_none(),
         spool,
         workspace: ws,
-        agent: agent.clone(),
         busybox: rootfs.join("bin/busybox"),
         resolv,
         tap: plan.gated().then(|| crate::netfilter::guest_net_spec().to_string()),

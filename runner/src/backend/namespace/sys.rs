@@ -50,9 +50,6 @@ pub struct RootPlan {
     pub image_root: Option<PathBuf>,
     /// The host directory bound read-write at /workspace.
     pub workspace: PathBuf,
-    /// The agent binary, bound at /.cordon-agent (`--rootfs host` and
-    /// userland images; the default image's /init is the agent).
-    pub agent: Option<PathBuf>,
     /// The host directory bound read-write at /.cordon-spool, if any.
     pub spool: Option<PathBuf>,
     /// A file bound over /etc/resolv.conf (the gate's DNS address).
@@ -92,11 +89,6 @@ pub fn prepare_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
         Some(img) => {
             sys.mount(Some(img), &r, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
             sys.remount_ro(&r)?;
-            if let Some(agent) = &plan.agent {
-                // A userland image's tree has the (empty) mount point.
-                sys.mount(Some(agent), &at(".cordon-agent"), None, MsFlags::MS_BIND, None)?;
-                sys.remount_ro(&at(".cordon-agent"))?;
-            }
         }
         None => {
             sys.mount(Some(Path::new("tmpfs")), &r, Some("tmpfs"), nosuid_nodev, Some("mode=0755,size=1m"))?;
@@ -124,11 +116,6 @@ pub fn prepare_root(sys: &mut impl Sys, plan: &RootPlan) -> nix::Result<()> {
             }
             for d in ["proc", "dev", "tmp", "run", "workspace", ".cordon-spool"] {
                 sys.mkdir(&at(d))?;
-            }
-            if let Some(agent) = &plan.agent {
-                sys.touch(&at(".cordon-agent"))?;
-                sys.mount(Some(agent), &at(".cordon-agent"), None, MsFlags::MS_BIND, None)?;
-                sys.remount_ro(&at(".cordon-agent"))?;
             }
             // The tmpfs root itself read-only too, now that its mount points exist.
             sys.mount(None, &r, None, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev, None)?;
