@@ -19,3 +19,7 @@ target/debug/cordon image build --kernel cordon >/dev/null
 target/debug/cordon image build --kernel debian >/dev/null
 target/debug/cordon image build debian --quiet >/dev/null
 cargo test --workspace --quiet "$@"
+# The README's build (scripts/build.sh: cordon static-pie) and a namespace
+# run with it, so the first command's binary is the one CI checked.
+scripts/build.sh >/dev/null
+target/release/cordon run --isolation namespace --no-stdin -- true
