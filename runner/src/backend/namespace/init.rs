@@ -476,8 +476,9 @@ fn set_root_ids(sync: &mut UnixStream) {
 /// PID 1 becomes the agent: the same server the VM's agent binary runs
 /// (the `cordon-agent` library), in this process, with no exec. What the
 /// steps can learn of this process is what an exec'd agent showed: the name
-/// `init`, no command line (cordon's, with its host paths, is zeroed where
-/// it lies; the environment was at the fork, prefork.rs), the agent's
+/// `init`, the command line `cordon-agent` (cordon's, with its host paths,
+/// is zeroed where it lies; the environment was at the fork, prefork.rs),
+/// the agent's
 /// environment, and a process they cannot read or trace (not dumpable).
 fn become_agent(spool: &str, token: String) -> ! {
     // SAFETY: prctl with a valid NUL-terminated name.
@@ -493,7 +494,8 @@ fn become_agent(spool: &str, token: String) -> ! {
     cordon_agent::namespace_main(CONTROL_FD, token, PathBuf::from(spool))
 }
 
-/// Zeroes this process's command line where the kernel shows it from
+/// Replaces this process's command line by `cordon-agent`, zeroing cordon's
+/// where the kernel shows it from
 /// (/proc/self/cmdline reads the memory between arg_start and arg_end,
 /// fields 48 and 49 of /proc/self/stat, for anyone who can see the pid).
 fn zero_command_line() {
@@ -507,9 +509,17 @@ fn zero_command_line() {
         return;
     };
     if start != 0 && end > start && end - start < 1 << 20 {
+        // What ps shows for the VM's agent, where it fits (cordon's own
+        // command line, `cordon run ...`, always leaves room).
+        let name = b"cordon-agent";
         // SAFETY: [arg_start, arg_end) is this process's own argument area on
         // its initial stack, mapped and writable; nothing reads argv again.
-        unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+        unsafe {
+            std::ptr::write_bytes(start as *mut u8, 0, end - start);
+            if end - start > name.len() {
+                std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, name.len());
+            }
+        }
     }
 }
 
