@@ -363,10 +363,19 @@ fn test_ns_network_namespace_belongs_to_the_host_user_namespace() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
     assert_eq!(line, "ready\n");
-    let sleeper = descendants(child.id())
-        .into_iter()
-        .find(|(p, _)| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep"))
-        .map(|(p, _)| p);
+    // `sh` may not have become `sleep` yet when its echo arrives: a bound
+    // on waiting for the exec, not a timing assertion.
+    let until = Instant::now() + Duration::from_secs(5);
+    let sleeper = loop {
+        let found = descendants(child.id())
+            .into_iter()
+            .find(|(p, _)| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep"))
+            .map(|(p, _)| p);
+        if found.is_some() || Instant::now() > until {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let checked = sleeper.map(|p| {
         let (net, user) = (format!("/proc/{p}/ns/net"), format!("/proc/{p}/ns/user"));
         (ns_inode(&net), ns_inode(&user), owning_userns(&net).unwrap(), owning_userns(&user).unwrap())
