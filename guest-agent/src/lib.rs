@@ -49,14 +49,7 @@ pub fn main() {
     // PID 1 of a VM sets the machine up; PID 1 of a namespace sandbox (cordon's
     // ns-init built it) is a plain server that also reaps orphans.
     let pid1 = std::process::id() == 1 && std::env::var_os(cordon_protocol::boot::MODE_ENV).is_none();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORDON_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     if pid1 {
         std::panic::set_hook(Box::new(|info| {
             eprintln!("cordon-agent: panic as PID 1: {info}");
@@ -108,14 +101,7 @@ pub fn main() {
 /// `boot::MODE_ENV` included, and holds no other thread.
 pub fn namespace_main(control_fd: i32, token: String, spool_dir: PathBuf) -> ! {
     let t0 = Instant::now();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORDON_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    init_logging();
     cloexec_from(3);
     // The steps share this process's uid: keep them out of /proc/1/mem and
     // /proc/1/environ.
@@ -129,6 +115,19 @@ pub fn namespace_main(control_fd: i32, token: String, spool_dir: PathBuf) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// The agent's log on stderr (the VM's console, or ns-init's log file),
+/// filtered by CORDON_AGENT_LOG (default info).
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORDON_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }
 
 /// Marks every descriptor from `first` up close-on-exec: close_range(2)
