@@ -359,8 +359,9 @@ pub fn main() -> ! {
                 let _ = nix::sys::wait::waitpid(child, None);
                 fail(&mut sync, "writing the sandbox's id maps", e);
             }
-            let _writer = maps.1;
-            if nix::unistd::write(&_writer, b"m") != Ok(1) {
+            // Held open until this process exits (PID 1's end-of-file check).
+            let writer = maps.1;
+            if nix::unistd::write(&writer, b"m") != Ok(1) {
                 fail(&mut sync, "starting the sandbox's init", "the pipe to PID 1 broke");
             }
             // PID 1 holds the sandbox's cgroups from now on.
